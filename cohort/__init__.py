@@ -1,0 +1,1 @@
+"""The `cohort` command line: thin commands over consent, models, client and server."""

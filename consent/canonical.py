@@ -1,0 +1,36 @@
+"""Canonical JSON: the one byte form of an entry that every party hashes and signs.
+
+Sorted keys, UTF-8, no insignificant whitespace, no NaN/Infinity, integers and strings only where a float could
+round differently across languages (floats are allowed but serialised by Python's shortest repr, which
+matches JavaScript's and Go's for finite doubles).
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class CanonicalError(ValueError):
+    """Bytes that are not the canonical JSON form of an object."""
+
+
+def canonical_bytes(obj) -> bytes:
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+            "utf-8"
+        )
+    except (TypeError, ValueError) as exc:
+        raise CanonicalError(f"entry is not representable as canonical JSON: {exc}") from None
+
+
+def parse_canonical(data: bytes) -> dict:
+    """Parses entry bytes and insists they are already canonical, so a re-encoding can never change a hash."""
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CanonicalError(f"entry is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CanonicalError("entry must be a JSON object")
+    if canonical_bytes(obj) != data:
+        raise CanonicalError("entry bytes are not canonical JSON (sorted keys, no whitespace, UTF-8)")
+    return obj

@@ -1,0 +1,155 @@
+"""The ledger as one object: the log, the subject vault and the budget book behind the operator's key.
+
+This is the in-process API (used by `cohort demo`, the gRPC service and tests); `consent.client.LedgerClient`
+offers the same method names over gRPC, so partner and coordinator code runs against either.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+from consent.checkpoints import Checkpoint
+from consent.eligibility import EligibleSet, NonMembershipProof, eligible_root, fold_eligible, prove_absent
+from consent.entries import SignedEntry, make_entry, parse_entry
+from consent.keys import Identity
+from consent.store.budget import BudgetBook
+from consent.store.log import LedgerStore
+from consent.store.vault import SubjectVault
+from consent.vocabulary import check_categories, check_purposes
+
+
+class Ledger:
+    def __init__(self, store: LedgerStore, operator: Identity):
+        if operator.role != "operator":
+            raise ValueError(f"the ledger must be run under an operator key, not a {operator.role!r} key")
+        self.store = store
+        self.operator = operator
+        self.vault = SubjectVault(store.engine)
+        self.budget = BudgetBook(store.engine)
+        if store.tree_size() == 0:
+            self._register(operator.name, "operator", operator.public_b64, operator.key_id)
+
+    @classmethod
+    def open(cls, url: str, operator: Identity, origin: str = "cohort-ledger") -> "Ledger":
+        return cls(LedgerStore.open(url, origin=origin), operator)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- identities ---------------------------------------------------------------------------------------
+
+    def register(self, identity: Identity | str, role: str | None = None, public_b64: str | None = None) -> str:
+        """Registers a party's public key under a role; returns its key id. Idempotent for the same key."""
+        if isinstance(identity, Identity):
+            name, role, public_b64, key_id = identity.name, identity.role, identity.public_b64, identity.key_id
+        else:
+            from consent.keys import key_id_of, public_from_b64, public_raw
+
+            name, key_id = identity, key_id_of(public_raw(public_from_b64(public_b64)))
+        existing = self.store.key(key_id)
+        if existing is not None:
+            if existing.identity != name or existing.role != role:
+                raise ValueError(f"key {key_id} is already registered to {existing.identity} as {existing.role}")
+            return key_id
+        self._register(name, role, public_b64, key_id)
+        return key_id
+
+    def _register(self, name: str, role: str, public_b64: str, key_id: str) -> None:
+        body = {"identity": name, "role": role, "key_id": key_id, "public_key": public_b64}
+        self.store.append([make_entry("key.registered", body, self.operator)])
+
+    # ---- the log ------------------------------------------------------------------------------------------
+
+    def append(self, entries: Sequence[SignedEntry | bytes]) -> list[int]:
+        return self.store.append(entries)
+
+    def append_as_operator(self, entry_type: str, body: dict) -> int:
+        return self.store.append([make_entry(entry_type, body, self.operator)])[0]
+
+    def tree_size(self) -> int:
+        return self.store.tree_size()
+
+    def checkpoint(self) -> Checkpoint:
+        """Signs and publishes a checkpoint at the current size (or returns the one already there)."""
+        return self.store.publish_checkpoint(self.operator)
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        return self.store.checkpoint()
+
+    def entries(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        return self.store.entries(start, end)
+
+    def inclusion_proof(self, index: int, tree_size: int | None = None) -> list[bytes]:
+        return self.store.inclusion_proof(index, tree_size)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        return self.store.consistency_proof(old_size, new_size)
+
+    def subject_history(self, subject_ref: str) -> list[tuple[int, dict]]:
+        return [(i, parse_entry(d, now=_far_future()).fields) for i, d in self.store.subject_history(subject_ref)]
+
+    def current_consent(self, subject_ref: str) -> str | None:
+        """The consent_id of the subject's standing `consent.given`, or None."""
+        standing = None
+        for _, e in self.subject_history(subject_ref):
+            body = e["body"]
+            if e["type"] == "consent.given":
+                standing = body["consent_id"]
+            elif e["type"] == "consent.refused":
+                standing = None
+            elif e["type"] in ("consent.withdrawn", "consent.expired") and body["consent_id"] == standing:
+                standing = None
+        return standing
+
+    # ---- eligibility --------------------------------------------------------------------------------------
+
+    def eligible_set(
+        self,
+        partner_id: str,
+        purpose: str,
+        categories: Iterable[str],
+        tree_size: int | None = None,
+        day: str | None = None,
+        lifetime_epsilon: float | None = None,
+    ) -> EligibleSet:
+        """Subjects of one partner allowed (purpose, categories) at tree size; with budget left if a cap is given."""
+        purpose = check_purposes([purpose])[0]
+        cats = tuple(check_categories(list(categories)))
+        size = self.tree_size() if tree_size is None else tree_size
+        day = day or dt.date.today().isoformat()
+        refs = fold_eligible(self.store.consent_events(partner_id, size), purpose, cats, day)
+        if lifetime_epsilon is not None:
+            spent = self.budget.spent(partner_id)
+            refs = [r for r in refs if spent.get(r, 0.0) < lifetime_epsilon]
+        return EligibleSet(partner_id, purpose, cats, size, refs, eligible_root(refs))
+
+    def prove_absent(self, eligible: EligibleSet, subject_ref: str) -> NonMembershipProof:
+        return prove_absent(eligible, subject_ref)
+
+    # ---- subjects -----------------------------------------------------------------------------------------
+
+    def subject_refs(self, partner_id: str, hmacs: Sequence[str], create: bool = True) -> dict[str, str]:
+        return self.vault.subject_refs(partner_id, hmacs, create=create)
+
+    def store_evidence(self, consent_id: str, subject_ref: str, evidence: bytes) -> str:
+        return self.vault.store_evidence(consent_id, subject_ref, evidence)
+
+    def complete_erasure(self, partner_id: str, subject_ref: str) -> int:
+        """Shreds the subject's key and mapping, then records `subject.erased` under the operator's key."""
+        self.vault.shred(partner_id, subject_ref)
+        body = {"partner_id": partner_id, "subject_ref": subject_ref, "indicated_at": dt.date.today().isoformat()}
+        return self.append_as_operator("subject.erased", body)
+
+    # ---- privacy budget -----------------------------------------------------------------------------------
+
+    def charge_budget(self, job_id: str, round_no: int, partner_id: str, subject_refs: Sequence[str], epsilon: float):
+        self.budget.charge(job_id, round_no, partner_id, subject_refs, epsilon)
+
+    def budget_spent(self, partner_id: str, subject_refs: Sequence[str] | None = None) -> dict[str, float]:
+        return self.budget.spent(partner_id, subject_refs)
+
+
+def _far_future() -> dt.datetime:
+    # Stored entries were judged at append time; re-reading them must not fail the clock-skew rule.
+    return dt.datetime.max.replace(tzinfo=dt.timezone.utc) - dt.timedelta(days=1)

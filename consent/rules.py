@@ -1,0 +1,223 @@
+"""Who may append what: signature, role, partner scoping and consent semantics, checked before anything is stored.
+
+Pure of storage: the store hands in what it knows (keys, subjects, consents) as a `LogState`; entries of the same
+batch update the state as they pass, so a batch is judged exactly as if its entries arrived one by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+
+from consent.entries import WRITERS, EntryError, SignedEntry, signature_of, signed_message
+from consent.keys import ROLES, key_id_of, public_from_b64, public_raw
+from consent.vocabulary import VocabularyError, check_categories, check_purposes
+
+# Status names follow gRPC so the service maps them one to one.
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+PERMISSION_DENIED = "PERMISSION_DENIED"
+ALREADY_EXISTS = "ALREADY_EXISTS"
+NOT_FOUND = "NOT_FOUND"
+FAILED_PRECONDITION = "FAILED_PRECONDITION"
+
+
+class AppendError(ValueError):
+    """An append refused as a whole; `code` is a gRPC status name, `index` the offending entry in the batch."""
+
+    def __init__(self, code: str, message: str, index: int | None = None):
+        super().__init__(message if index is None else f"entry {index} of the batch: {message}")
+        self.code = code
+        self.index = index
+
+
+@dataclass
+class KeyRecord:
+    key_id: str
+    identity: str
+    role: str
+    public_key: str  # base64 raw Ed25519
+    revoked: bool = False
+
+    def __post_init__(self):
+        self._public = public_from_b64(self.public_key)
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        try:
+            self._public.verify(signature, message)
+            return True
+        except InvalidSignature:
+            return False
+
+
+@dataclass
+class SubjectRecord:
+    partner_id: str
+    erasure_requested: bool = False
+    erased: bool = False
+
+
+@dataclass
+class ConsentRecord:
+    partner_id: str
+    subject_ref: str
+    kind: str
+
+
+@dataclass
+class LogState:
+    """What the rules need to know about the log so far; lookups the store prefetched for this batch."""
+
+    keys: dict[str, KeyRecord] = field(default_factory=dict)
+    subjects: dict[str, SubjectRecord] = field(default_factory=dict)
+    consents: dict[str, ConsentRecord] = field(default_factory=dict)
+    leaf_hashes: set[bytes] = field(default_factory=set)
+    empty_log: bool = False
+
+
+def check_entry(entry: SignedEntry, leaf: bytes, state: LogState, position: int, verify_signature=True) -> None:
+    """Raises AppendError if `entry` may not be appended after the log described by `state`; else updates state."""
+    if leaf in state.leaf_hashes:
+        raise AppendError(ALREADY_EXISTS, "entry already in the log (replay)", position)
+    key = _signing_key(entry, state, position)
+    if verify_signature:
+        try:
+            sig = signature_of(entry)
+        except EntryError as exc:
+            raise AppendError(UNAUTHENTICATED, str(exc), position) from None
+        if not key.verify(sig, signed_message(entry)):
+            raise AppendError(UNAUTHENTICATED, f"bad signature for key {entry.key_id}", position)
+    if key.role not in WRITERS[entry.type]:
+        raise AppendError(
+            PERMISSION_DENIED, f"role {key.role!r} may not append {entry.type} (allowed: {sorted(WRITERS[entry.type])})",
+            position,
+        )  # fmt: skip
+    body = entry.body
+    if key.role == "partner" and body.get("partner_id") != key.identity:
+        raise AppendError(
+            PERMISSION_DENIED, f"partner {key.identity!r} may only write for itself, not {body.get('partner_id')!r}",
+            position,
+        )  # fmt: skip
+    _SEMANTICS.get(entry.type, _no_semantics)(entry, state, position)
+    state.leaf_hashes.add(leaf)
+
+
+def _signing_key(entry: SignedEntry, state: LogState, position: int) -> KeyRecord:
+    if state.empty_log and entry.type == "key.registered" and entry.body.get("role") == "operator":
+        # The first entry of a log is the operator registering itself: the key it carries signs it.
+        boot = _key_from_body(entry.body, position)
+        if boot.key_id != entry.key_id:
+            raise AppendError(UNAUTHENTICATED, "bootstrap entry must be signed by the key it registers", position)
+        return boot
+    key = state.keys.get(entry.key_id)
+    if key is None:
+        raise AppendError(UNAUTHENTICATED, f"unknown key id {entry.key_id!r}", position)
+    if key.revoked:
+        raise AppendError(UNAUTHENTICATED, f"key {entry.key_id!r} has been rotated out", position)
+    if key.identity != entry.signer:
+        raise AppendError(UNAUTHENTICATED, f"key {entry.key_id!r} belongs to {key.identity!r}, not {entry.signer!r}",
+                          position)  # fmt: skip
+    return key
+
+
+def _key_from_body(body: dict, position: int) -> KeyRecord:
+    if body.get("role") not in ROLES:
+        raise AppendError(INVALID_ARGUMENT, f"unknown role {body.get('role')!r}; roles are {ROLES}", position)
+    try:
+        rec = KeyRecord(body["key_id"], body["identity"], body["role"], body["public_key"])
+    except ValueError as exc:
+        raise AppendError(INVALID_ARGUMENT, str(exc), position) from None
+    if key_id_of(public_raw(rec._public)) != body["key_id"]:
+        raise AppendError(INVALID_ARGUMENT, "key_id does not match the public key", position)
+    return rec
+
+
+def _no_semantics(entry: SignedEntry, state: LogState, position: int) -> None:
+    return None
+
+
+def _subject_of(entry: SignedEntry, state: LogState, position: int, create: bool) -> SubjectRecord | None:
+    ref, partner = entry.body["subject_ref"], entry.body["partner_id"]
+    subject = state.subjects.get(ref)
+    if subject is None:
+        if not create:
+            raise AppendError(NOT_FOUND, f"subject {ref} is not known to the ledger", position)
+        subject = state.subjects[ref] = SubjectRecord(partner_id=partner)
+    elif subject.partner_id != partner:
+        raise AppendError(PERMISSION_DENIED, f"subject {ref} belongs to another partner", position)
+    if subject.erasure_requested and entry.type != "subject.erased":
+        raise AppendError(FAILED_PRECONDITION, f"subject {ref} has asked for erasure; nothing more may be recorded",
+                          position)  # fmt: skip
+    return subject
+
+
+def _consent_recorded(entry: SignedEntry, state: LogState, position: int) -> None:
+    body = entry.body
+    if body["consent_id"] in state.consents:
+        raise AppendError(ALREADY_EXISTS, f"consent_id {body['consent_id']} is already used", position)
+    _subject_of(entry, state, position, create=True)
+    sup = body.get("supersedes")
+    if sup is not None:
+        prior = state.consents.get(sup)
+        if prior is None or prior.subject_ref != body["subject_ref"]:
+            raise AppendError(NOT_FOUND, f"superseded consent {sup} does not exist for this subject", position)
+    state.consents[body["consent_id"]] = ConsentRecord(body["partner_id"], body["subject_ref"], entry.type)
+
+
+def _consent_ended(entry: SignedEntry, state: LogState, position: int) -> None:
+    body = entry.body
+    _subject_of(entry, state, position, create=False)
+    prior = state.consents.get(body["consent_id"])
+    verb = "withdraw" if entry.type == "consent.withdrawn" else "expire"
+    if prior is None or prior.subject_ref != body["subject_ref"] or prior.kind != "consent.given":
+        raise AppendError(NOT_FOUND, f"no consent {body['consent_id']} of subject {body['subject_ref']} to {verb}",
+                          position)  # fmt: skip
+    prior.kind = entry.type
+
+
+def _erasure_requested(entry: SignedEntry, state: LogState, position: int) -> None:
+    subject = _subject_of(entry, state, position, create=False)
+    subject.erasure_requested = True
+
+
+def _erased(entry: SignedEntry, state: LogState, position: int) -> None:
+    subject = _subject_of(entry, state, position, create=False)
+    if not subject.erasure_requested:
+        raise AppendError(FAILED_PRECONDITION, "subject.erased needs a prior subject.erasure_requested", position)
+    if subject.erased:
+        raise AppendError(ALREADY_EXISTS, f"subject {entry.body['subject_ref']} is already erased", position)
+    subject.erased = True
+
+
+def _key_registered(entry: SignedEntry, state: LogState, position: int) -> None:
+    rec = _key_from_body(entry.body, position)
+    if rec.key_id in state.keys:
+        raise AppendError(ALREADY_EXISTS, f"key {rec.key_id} is already registered", position)
+    if entry.type == "key.rotated":
+        old = state.keys.get(entry.body["replaces"])
+        if old is None or old.identity != rec.identity:
+            raise AppendError(NOT_FOUND, f"key {entry.body['replaces']} of {rec.identity} does not exist", position)
+        old.revoked = True
+    state.keys[rec.key_id] = rec
+
+
+def _job_started(entry: SignedEntry, state: LogState, position: int) -> None:
+    try:
+        check_purposes([entry.body["purpose"]])
+        check_categories(entry.body["data_categories"])
+    except VocabularyError as exc:
+        raise AppendError(INVALID_ARGUMENT, str(exc), position) from None
+
+
+_SEMANTICS = {
+    "consent.given": _consent_recorded,
+    "consent.refused": _consent_recorded,
+    "consent.withdrawn": _consent_ended,
+    "consent.expired": _consent_ended,
+    "subject.erasure_requested": _erasure_requested,
+    "subject.erased": _erased,
+    "key.registered": _key_registered,
+    "key.rotated": _key_registered,
+    "job.started": _job_started,
+}

@@ -1,0 +1,72 @@
+"""The per-subject privacy budget: cumulative ε each subject has been charged across rounds and jobs.
+
+Mutable by design (charges accumulate); every charge is also kept as a row per (job, round, partner) so the
+ledger's round manifests and this table can be reconciled by an auditor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Engine, func, select, update
+
+from consent.store import tables as t
+
+_IN_CHUNK = 500
+
+
+class BudgetBook:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def spent(self, partner_id: str, subject_refs: Sequence[str] | None = None) -> dict[str, float]:
+        c = t.budget.c
+        with self.engine.connect() as conn:
+            if subject_refs is None:
+                q = select(c.subject_ref, c.epsilon_spent).where(c.partner_id == partner_id)
+                return {r[0]: r[1] for r in conn.execute(q)}
+            out = {}
+            refs = list(subject_refs)
+            for i in range(0, len(refs), _IN_CHUNK):
+                q = select(c.subject_ref, c.epsilon_spent).where(
+                    c.partner_id == partner_id, c.subject_ref.in_(refs[i : i + _IN_CHUNK])
+                )
+                out.update({r[0]: r[1] for r in conn.execute(q)})
+            return out
+
+    def charge(self, job_id: str, round_no: int, partner_id: str, subject_refs: Sequence[str], epsilon: float) -> None:
+        """Adds ε to every subject of a round, atomically with the audit row of the charge."""
+        if not epsilon >= 0:
+            raise ValueError(f"epsilon must be a non-negative number, got {epsilon!r}")
+        refs = sorted(set(subject_refs))
+        with self.engine.begin() as conn:
+            known = set()
+            for i in range(0, len(refs), _IN_CHUNK):
+                q = select(t.budget.c.subject_ref).where(
+                    t.budget.c.partner_id == partner_id, t.budget.c.subject_ref.in_(refs[i : i + _IN_CHUNK])
+                )
+                known.update(r[0] for r in conn.execute(q))
+            fresh = [{"partner_id": partner_id, "subject_ref": r, "epsilon_spent": epsilon} for r in refs if r not in known]
+            if fresh:
+                conn.execute(t.budget.insert(), fresh)
+            old = [r for r in refs if r in known]
+            for i in range(0, len(old), _IN_CHUNK):
+                conn.execute(
+                    update(t.budget)
+                    .where(t.budget.c.partner_id == partner_id, t.budget.c.subject_ref.in_(old[i : i + _IN_CHUNK]))
+                    .values(epsilon_spent=t.budget.c.epsilon_spent + epsilon)
+                )
+            conn.execute(t.budget_charges.insert().values(job_id=job_id, round=round_no, partner_id=partner_id,
+                                                          epsilon=epsilon, subject_count=len(refs)))  # fmt: skip
+
+    def charges(self, job_id: str | None = None) -> list[dict]:
+        q = select(t.budget_charges).order_by(t.budget_charges.c.id)
+        if job_id is not None:
+            q = q.where(t.budget_charges.c.job_id == job_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def max_spent(self, partner_id: str) -> float:
+        with self.engine.connect() as conn:
+            q = select(func.max(t.budget.c.epsilon_spent)).where(t.budget.c.partner_id == partner_id)
+            return float(conn.execute(q).scalar() or 0.0)

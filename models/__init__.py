@@ -1,0 +1,1 @@
+"""Data, features, the multi-task churn/LTV model, its metrics and the baselines it must beat."""

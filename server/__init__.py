@@ -1,0 +1,1 @@
+"""The Flower ServerApp: job preflight, strategy, round manifests, contribution valuation and rewards."""
