@@ -1,0 +1,82 @@
+"""`cohort`: the command line. Each command is a thin shell over consent/, models/, client/ and server/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Cohort: federated churn/LTV training with consent you can prove.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create and inspect Ed25519 keys.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Run and verify the consent ledger.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_app, name="ledger")
+
+console = Console()
+
+
+@keys_app.command("init")
+def keys_init(
+    directory: Path = typer.Option(Path(".cohort/keys"), "--dir", help="Where to write the keys."),
+    partners: str = typer.Option("partner-a,partner-b,partner-c", help="Comma-separated partner ids."),
+    force: bool = typer.Option(False, help="Overwrite existing keys."),
+) -> None:
+    """Create operator, coordinator, auditor and partner keys (and each partner's HMAC secret)."""
+    from cohort.keyring import init_keys
+
+    made = init_keys(directory, [p.strip() for p in partners.split(",") if p.strip()], force=force)
+    for ident in made:
+        console.print(f"{ident.role:<12} {ident.name:<16} key id {ident.key_id}")
+    console.print(f"keys written to {directory} (private keys mode 0600)")
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    db: str = typer.Option(..., help="Ledger database URL or SQLite file path."),
+    workers: int = typer.Option(2, help="Processes for signature checks (0 = in-process)."),
+) -> None:
+    """Recompute every leaf and root, check every signature and checkpoint; exit 1 naming the first bad entry."""
+    from consent.verify import verify_ledger
+
+    with console.status("verifying the ledger…"):
+        report = verify_ledger(db, workers=workers)
+    if report.ok:
+        console.print(
+            f"[green]OK[/green] {report.entries_checked} entries, {report.signatures_checked} signatures, "
+            f"{report.checkpoints_checked} checkpoints; root {report.root.hex()} ({report.seconds:.1f} s)"
+        )
+        return
+    index, reason = report.first_bad
+    console.print(f"[red]TAMPERED[/red] first bad: {reason}")
+    for _, problem in report.problems[1:10]:
+        console.print(f"  also: {problem}")
+    raise typer.Exit(code=1)
+
+
+@ledger_app.command("serve")
+def ledger_serve(
+    db: str = typer.Option(..., help="Ledger database URL or SQLite file path."),
+    port: int = typer.Option(50051, help="Port to listen on."),
+    keys: Path = typer.Option(Path(".cohort/keys"), help="Directory holding operator.key (from `cohort keys init`)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    tls_cert: Path = typer.Option(None, help="PEM certificate for TLS."),
+    tls_key: Path = typer.Option(None, help="PEM private key for TLS."),
+    insecure: bool = typer.Option(False, help="Serve without TLS (loopback development only)."),
+) -> None:
+    """Serve the ConsentLedger gRPC API (with health checking and reflection)."""
+    from consent.service.server import run_forever
+
+    if not insecure and not (tls_cert and tls_key):
+        console.print("[red]refusing to serve without TLS[/red]: pass --tls-cert and --tls-key, or --insecure")
+        raise typer.Exit(code=2)
+    run_forever(db_url=db, port=port, keys_dir=str(keys), host=host,
+                tls=None if insecure else (tls_cert, tls_key))  # fmt: skip
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
