@@ -135,6 +135,9 @@ class Ledger:
     def store_evidence(self, consent_id: str, subject_ref: str, evidence: bytes) -> str:
         return self.vault.store_evidence(consent_id, subject_ref, evidence)
 
+    def store_evidence_many(self, items: Sequence[tuple[str, str, bytes]]) -> list[str]:
+        return self.vault.store_evidence_many(items)
+
     def complete_erasure(self, partner_id: str, subject_ref: str) -> int:
         """Shreds the subject's key and mapping, then records `subject.erased` under the operator's key."""
         self.vault.shred(partner_id, subject_ref)

@@ -69,7 +69,8 @@ class PartnerDesk:
         """Builds signed entries for many users at once: [{user_id, purposes, data_categories, given: bool}]."""
         day = day or dt.date.today().isoformat()
         refs = self.subject_refs([d["user_id"] for d in decisions])
-        entries = []
+        sealed = []  # (consent_id, subject_ref, evidence) for every consent given, sealed in one call
+        bodies = []
         for d in decisions:
             ref = refs[d["user_id"]]
             consent_id = os.urandom(16).hex()
@@ -77,21 +78,35 @@ class PartnerDesk:
                 evidence = json.dumps({"salt": os.urandom(16).hex(), "channel": d.get("channel", "app"),
                                        "notice": notice.ref(), "shown_at": dt.datetime.now(dt.timezone.utc).isoformat()},
                                       sort_keys=True).encode()  # fmt: skip
-                commitment = self.ledger.store_evidence(consent_id, ref, evidence)
+                sealed.append((consent_id, ref, evidence))
                 body = {
                     "consent_id": consent_id, "supersedes": d.get("supersedes"), "partner_id": self.partner_id,
                     "subject_ref": ref, "purposes": sorted(d["purposes"]), "data_categories": sorted(d["data_categories"]),
                     "legal_basis": "consent", "notice": notice.ref(), "collection_method": d.get("channel", "app"),
                     "jurisdiction": self.jurisdiction, "indicated_at": day, "valid_until": d.get("valid_until"),
-                    "recipients": ["cohort-consortium"], "cross_border": False, "evidence_commitment": commitment,
+                    "recipients": ["cohort-consortium"], "cross_border": False, "evidence_commitment": None,
                 }  # fmt: skip
-                entries.append(make_entry("consent.given", body, self.identity))
+                bodies.append(("consent.given", body))
             else:
                 body = {"consent_id": consent_id, "partner_id": self.partner_id, "subject_ref": ref,
                         "purposes": sorted(d["purposes"]), "data_categories": sorted(d["data_categories"]),
                         "notice": notice.ref(), "indicated_at": day}  # fmt: skip
-                entries.append(make_entry("consent.refused", body, self.identity))
+                bodies.append(("consent.refused", body))
+        commitments = iter(self._seal(sealed))
+        entries = []
+        for entry_type, body in bodies:
+            if entry_type == "consent.given":
+                body["evidence_commitment"] = next(commitments)
+            entries.append(make_entry(entry_type, body, self.identity))
         return entries
+
+    def _seal(self, items: list[tuple[str, str, bytes]]) -> list[str]:
+        if not items:
+            return []
+        many = getattr(self.ledger, "store_evidence_many", None)
+        if many is not None:
+            return many(items)
+        return [self.ledger.store_evidence(*item) for item in items]
 
     def record(self, decisions: Sequence[dict], notice: Notice = DEFAULT_NOTICE, batch: int = 1000) -> list[int]:
         out: list[int] = []

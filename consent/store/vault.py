@@ -65,16 +65,26 @@ class SubjectVault:
 
     def store_evidence(self, consent_id: str, subject_ref: str, evidence: bytes) -> str:
         """Encrypts evidence under the subject's key; returns the commitment the consent entry must carry."""
+        return self.store_evidence_many([(consent_id, subject_ref, evidence)])[0]
+
+    def store_evidence_many(self, items: Sequence[tuple[str, str, bytes]]) -> list[str]:
+        """Seals many consents' evidence in one transaction (one fsync), all or nothing."""
+        rows = []
         with self.engine.begin() as conn:
-            key = self._key(conn, subject_ref)
-            nonce = os.urandom(12)
-            ct = AESGCM(key).encrypt(nonce, evidence, consent_id.encode())
+            keys = self._keys(conn, {ref for _, ref, _ in items})
+            for consent_id, subject_ref, evidence in items:
+                key = keys.get(subject_ref)
+                if key is None:
+                    raise ErasedError(f"subject {subject_ref} has no data key (erased, or never registered)")
+                nonce = os.urandom(12)
+                ct = AESGCM(key).encrypt(nonce, evidence, consent_id.encode())
+                rows.append({"consent_id": consent_id, "subject_ref": subject_ref, "nonce": nonce, "ciphertext": ct})
             try:
-                conn.execute(t.evidence.insert().values(consent_id=consent_id, subject_ref=subject_ref,
-                                                        nonce=nonce, ciphertext=ct))  # fmt: skip
+                if rows:
+                    conn.execute(t.evidence.insert(), rows)
             except IntegrityError:
-                raise ValueError(f"evidence for consent {consent_id} is already stored") from None
-        return evidence_commitment(evidence)
+                raise ValueError("evidence for one of these consents is already stored") from None
+        return [evidence_commitment(evidence) for _, _, evidence in items]
 
     def read_evidence(self, consent_id: str) -> bytes:
         with self.engine.connect() as conn:
@@ -98,6 +108,16 @@ class SubjectVault:
         with self.engine.connect() as conn:
             row = conn.execute(select(t.subject_keys.c.subject_ref).where(t.subject_keys.c.subject_ref == subject_ref))
             return row.first() is None
+
+    @staticmethod
+    def _keys(conn, subject_refs: set[str]) -> dict[str, bytes]:
+        out, refs = {}, list(subject_refs)
+        for i in range(0, len(refs), _IN_CHUNK):
+            q = select(t.subject_keys.c.subject_ref, t.subject_keys.c.aes_key).where(
+                t.subject_keys.c.subject_ref.in_(refs[i : i + _IN_CHUNK])
+            )
+            out.update({r[0]: bytes(r[1]) for r in conn.execute(q)})
+        return out
 
     @staticmethod
     def _key(conn, subject_ref: str) -> bytes:
