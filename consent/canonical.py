@@ -14,11 +14,14 @@ class CanonicalError(ValueError):
     """Bytes that are not the canonical JSON form of an object."""
 
 
+# What json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False) builds on every
+# call; the encoder keeps no state between calls, so one instance serves all (and all threads).
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_bytes(obj) -> bytes:
     try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-            "utf-8"
-        )
+        return _ENCODER.encode(obj).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise CanonicalError(f"entry is not representable as canonical JSON: {exc}") from None
 

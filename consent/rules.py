@@ -76,18 +76,56 @@ class LogState:
     empty_log: bool = False
 
 
-def check_entry(entry: SignedEntry, leaf: bytes, state: LogState, position: int, verify_signature=True) -> None:
-    """Raises AppendError if `entry` may not be appended after the log described by `state`; else updates state."""
+# Verdicts of a signature check done ahead of time (consent.store.sigcheck): (verdict, public key it was checked with).
+SIGNATURE_OK, SIGNATURE_BAD, SIGNATURE_NOT_BASE64 = 0, 1, 2
+
+
+def check_entry(
+    entry: SignedEntry,
+    leaf: bytes,
+    state: LogState,
+    position: int,
+    verify_signature=True,
+    checked: tuple[int, str] | None = None,
+) -> KeyRecord:
+    """Raises AppendError if `entry` may not be appended after the log described by `state`; else updates state.
+
+    The checks run in this order, and the first that fails names the error: replay, signing key, signature, role,
+    partner scope, consent semantics. `checked` is an optional verdict on the signature reached elsewhere (a
+    worker process) under a public key; it is used only if the rules pick a key with that very public key, else
+    the signature is verified here. Returns the key the entry was judged under."""
+    key = signing_key(entry, leaf, state, position)
+    if verify_signature:
+        check_signature(entry, key, position, checked)
+    apply_entry(entry, leaf, key, state, position)
+    return key
+
+
+def signing_key(entry: SignedEntry, leaf: bytes, state: LogState, position: int) -> KeyRecord:
+    """The checks before the signature: not a replay, and signed by a known, current key of the named signer."""
     if leaf in state.leaf_hashes:
         raise AppendError(ALREADY_EXISTS, "entry already in the log (replay)", position)
-    key = _signing_key(entry, state, position)
-    if verify_signature:
+    return _signing_key(entry, state, position)
+
+
+def check_signature(entry: SignedEntry, key: KeyRecord, position: int, checked: tuple[int, str] | None = None) -> None:
+    if checked is not None and checked[1] == key.public_key:
+        verdict = checked[0]
+    else:
         try:
             sig = signature_of(entry)
-        except EntryError as exc:
-            raise AppendError(UNAUTHENTICATED, str(exc), position) from None
-        if not key.verify(sig, signed_message(entry)):
-            raise AppendError(UNAUTHENTICATED, f"bad signature for key {entry.key_id}", position)
+        except EntryError:
+            verdict = SIGNATURE_NOT_BASE64
+        else:
+            verdict = SIGNATURE_OK if key.verify(sig, signed_message(entry)) else SIGNATURE_BAD
+    if verdict == SIGNATURE_NOT_BASE64:
+        raise AppendError(UNAUTHENTICATED, "entry signature is not base64", position)
+    if verdict != SIGNATURE_OK:
+        raise AppendError(UNAUTHENTICATED, f"bad signature for key {entry.key_id}", position)
+
+
+def apply_entry(entry: SignedEntry, leaf: bytes, key: KeyRecord, state: LogState, position: int) -> None:
+    """The checks after the signature (role, partner scope, semantics); on success the entry joins `state`."""
     if key.role not in WRITERS[entry.type]:
         raise AppendError(
             PERMISSION_DENIED, f"role {key.role!r} may not append {entry.type} (allowed: {sorted(WRITERS[entry.type])})",

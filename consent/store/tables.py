@@ -95,7 +95,7 @@ consents = Table(
     Column("consent_id", String(32), primary_key=True),
     Column("partner_id", String(64), nullable=False),
     Column("subject_ref", String(32), nullable=False),
-    Column("kind", String(16), nullable=False),
+    Column("kind", String(32), nullable=False),  # the entry type: consent.given ... consent.withdrawn
     Column("idx", BigInteger, nullable=False),
 )
 
