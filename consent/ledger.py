@@ -19,23 +19,97 @@ from consent.store.vault import SubjectVault
 from consent.vocabulary import check_categories, check_purposes
 
 
-class Ledger:
+class LedgerReader:
+    """Everything that needs no operator key: reads, proofs, eligibility, subject lookups (never minting refs)."""
+
+    def __init__(self, store: LedgerStore):
+        self.store = store
+        self.vault = SubjectVault(store.engine)
+        self.budget = BudgetBook(store.engine)
+
+    @classmethod
+    def open_readonly(cls, url: str) -> "LedgerReader":
+        return cls(LedgerStore.open(url, migrate=False))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def tree_size(self) -> int:
+        return self.store.tree_size()
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        return self.store.checkpoint()
+
+    def entries(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        return self.store.entries(start, end)
+
+    def inclusion_proof(self, index: int, tree_size: int | None = None) -> list[bytes]:
+        return self.store.inclusion_proof(index, tree_size)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        return self.store.consistency_proof(old_size, new_size)
+
+    def subject_history(self, subject_ref: str) -> list[tuple[int, dict]]:
+        return [(i, parse_entry(d, now=_far_future()).fields) for i, d in self.store.subject_history(subject_ref)]
+
+    def current_consent(self, subject_ref: str) -> str | None:
+        """The consent_id of the subject's standing `consent.given`, or None."""
+        standing = None
+        for _, e in self.subject_history(subject_ref):
+            body = e["body"]
+            if e["type"] == "consent.given":
+                standing = body["consent_id"]
+            elif e["type"] == "consent.refused":
+                standing = None
+            elif e["type"] in ("consent.withdrawn", "consent.expired") and body["consent_id"] == standing:
+                standing = None
+        return standing
+
+    def eligible_set(
+        self,
+        partner_id: str,
+        purpose: str,
+        categories: Iterable[str],
+        tree_size: int | None = None,
+        day: str | None = None,
+        lifetime_epsilon: float | None = None,
+    ) -> EligibleSet:
+        """Subjects of one partner allowed (purpose, categories) at tree size; with budget left if a cap is given."""
+        purpose = check_purposes([purpose])[0]
+        cats = tuple(check_categories(list(categories)))
+        size = self.tree_size() if tree_size is None else tree_size
+        day = day or dt.date.today().isoformat()
+        refs = fold_eligible(self.store.consent_events(partner_id, size), purpose, cats, day)
+        if lifetime_epsilon is not None:
+            spent = self.budget.spent(partner_id)
+            refs = [r for r in refs if spent.get(r, 0.0) < lifetime_epsilon]
+        return EligibleSet(partner_id, purpose, cats, size, refs, eligible_root(refs))
+
+    def prove_absent(self, eligible: EligibleSet, subject_ref: str) -> NonMembershipProof:
+        return prove_absent(eligible, subject_ref)
+
+    def budget_spent(self, partner_id: str, subject_refs: Sequence[str] | None = None) -> dict[str, float]:
+        return self.budget.spent(partner_id, subject_refs)
+
+
+    def subject_refs(self, partner_id: str, hmacs: Sequence[str], create: bool = False) -> dict[str, str]:
+        return self.vault.subject_refs(partner_id, hmacs, create=False)
+
+
+class Ledger(LedgerReader):
+    """The operator's ledger: a LedgerReader that may also register keys, sign checkpoints and shred subjects."""
+
     def __init__(self, store: LedgerStore, operator: Identity):
         if operator.role != "operator":
             raise ValueError(f"the ledger must be run under an operator key, not a {operator.role!r} key")
-        self.store = store
+        super().__init__(store)
         self.operator = operator
-        self.vault = SubjectVault(store.engine)
-        self.budget = BudgetBook(store.engine)
         if store.tree_size() == 0:
             self._register(operator.name, "operator", operator.public_b64, operator.key_id)
 
     @classmethod
     def open(cls, url: str, operator: Identity, origin: str = "cohort-ledger") -> "Ledger":
         return cls(LedgerStore.open(url, origin=origin), operator)
-
-    def close(self) -> None:
-        self.store.close()
 
     # ---- identities ---------------------------------------------------------------------------------------
 
@@ -67,65 +141,11 @@ class Ledger:
     def append_as_operator(self, entry_type: str, body: dict) -> int:
         return self.store.append([make_entry(entry_type, body, self.operator)])[0]
 
-    def tree_size(self) -> int:
-        return self.store.tree_size()
-
     def checkpoint(self) -> Checkpoint:
         """Signs and publishes a checkpoint at the current size (or returns the one already there)."""
         return self.store.publish_checkpoint(self.operator)
 
-    def latest_checkpoint(self) -> Checkpoint | None:
-        return self.store.checkpoint()
-
-    def entries(self, start: int, end: int) -> list[tuple[int, bytes]]:
-        return self.store.entries(start, end)
-
-    def inclusion_proof(self, index: int, tree_size: int | None = None) -> list[bytes]:
-        return self.store.inclusion_proof(index, tree_size)
-
-    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
-        return self.store.consistency_proof(old_size, new_size)
-
-    def subject_history(self, subject_ref: str) -> list[tuple[int, dict]]:
-        return [(i, parse_entry(d, now=_far_future()).fields) for i, d in self.store.subject_history(subject_ref)]
-
-    def current_consent(self, subject_ref: str) -> str | None:
-        """The consent_id of the subject's standing `consent.given`, or None."""
-        standing = None
-        for _, e in self.subject_history(subject_ref):
-            body = e["body"]
-            if e["type"] == "consent.given":
-                standing = body["consent_id"]
-            elif e["type"] == "consent.refused":
-                standing = None
-            elif e["type"] in ("consent.withdrawn", "consent.expired") and body["consent_id"] == standing:
-                standing = None
-        return standing
-
     # ---- eligibility --------------------------------------------------------------------------------------
-
-    def eligible_set(
-        self,
-        partner_id: str,
-        purpose: str,
-        categories: Iterable[str],
-        tree_size: int | None = None,
-        day: str | None = None,
-        lifetime_epsilon: float | None = None,
-    ) -> EligibleSet:
-        """Subjects of one partner allowed (purpose, categories) at tree size; with budget left if a cap is given."""
-        purpose = check_purposes([purpose])[0]
-        cats = tuple(check_categories(list(categories)))
-        size = self.tree_size() if tree_size is None else tree_size
-        day = day or dt.date.today().isoformat()
-        refs = fold_eligible(self.store.consent_events(partner_id, size), purpose, cats, day)
-        if lifetime_epsilon is not None:
-            spent = self.budget.spent(partner_id)
-            refs = [r for r in refs if spent.get(r, 0.0) < lifetime_epsilon]
-        return EligibleSet(partner_id, purpose, cats, size, refs, eligible_root(refs))
-
-    def prove_absent(self, eligible: EligibleSet, subject_ref: str) -> NonMembershipProof:
-        return prove_absent(eligible, subject_ref)
 
     # ---- subjects -----------------------------------------------------------------------------------------
 
@@ -148,9 +168,6 @@ class Ledger:
 
     def charge_budget(self, job_id: str, round_no: int, partner_id: str, subject_refs: Sequence[str], epsilon: float):
         self.budget.charge(job_id, round_no, partner_id, subject_refs, epsilon)
-
-    def budget_spent(self, partner_id: str, subject_refs: Sequence[str] | None = None) -> dict[str, float]:
-        return self.budget.spent(partner_id, subject_refs)
 
 
 def _far_future() -> dt.datetime:
