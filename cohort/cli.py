@@ -74,6 +74,23 @@ def ledger_serve(
                 tls=None if insecure else (tls_cert, tls_key))  # fmt: skip
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(None, help="Where to write the ledger, keys and model (default: a new temp dir)."),
+    users: int = typer.Option(1500, help="Users per synthetic platform."),
+    rounds: int = typer.Option(3, help="Federated rounds."),
+    epsilon: float = typer.Option(3.0, help="The job's target ε per partner (δ = 1e-5)."),
+    seed: int = typer.Option(7, help="Seed of the synthetic platforms and the consent decisions."),
+) -> None:
+    """Run the whole flow once: consents → federated DP training → comparison → audit → ledger verify."""
+    from cohort.demo import quiet_flower, run_demo
+
+    quiet_flower()
+    result = run_demo(out, users_per_platform=users, rounds=rounds, epsilon=epsilon, seed=seed, console=console)
+    if not (result.audit_ok and result.verify_ok):
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app()
 

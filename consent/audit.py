@@ -1,8 +1,8 @@
 """Round audit: every round manifest re-derived from the log alone, and every withdrawal proven honoured.
 
 For each `round.manifest` (in log order) and each partner part, the auditor recomputes the partner's eligible set
-at the manifest's checkpoint — consent state from the log, the privacy budget replayed from the earlier manifests
-(each subject of a round is charged that partner's round ε) — and compares the Merkle root and count with what
+at the manifest's checkpoint — consent state from the log, the privacy budget replayed from earlier jobs (each
+`model.published` charges every subject of a partner that partner's ε for the job) — and compares the Merkle root and count with what
 the round committed to. Equal roots mean the round used exactly the consenting, in-budget subjects; for every
 subject withdrawn, refused, expired or erased before the checkpoint the auditor also builds and checks a
 non-membership proof against the committed root.
@@ -42,18 +42,28 @@ class AuditReport:
 
 def audit_rounds(store: LedgerStore) -> AuditReport:
     report = AuditReport()
-    spent: dict[tuple[str, str], float] = defaultdict(float)  # (partner, subject) -> ε charged so far
-    for idx, data in store.find_by_type("round.manifest"):
-        body = json.loads(data)["body"]
+    spent: dict[tuple[str, str], float] = defaultdict(float)  # (partner, subject) -> ε charged by closed jobs
+    used: dict[tuple[str, str], list[str]] = {}  # (job, partner) -> the eligible set its rounds used
+    events = store.find_by_type("round.manifest") + store.find_by_type("model.published")
+    for idx, data in sorted(events):
+        entry = json.loads(data)
+        body = entry["body"]
+        if entry["type"] == "model.published":
+            # Budgets are charged when a job closes: every subject of the partner, that partner's job ε.
+            for partner, eps in body.get("epsilon_by_partner", {}).items():
+                for ref in used.get((body["job_id"], partner), []):
+                    spent[(partner, ref)] += float(eps)
+            continue
         cap = body.get("lifetime_epsilon")
-        charges = []
+        target = float(body.get("dp", {}).get("target_epsilon", 0.0))
         for part in body.get("partners", []):
             partner = part["partner_id"]
             size = int(body["tree_size"])
-            events = list(store.consent_events(partner, size))
-            refs = fold_eligible(events, body["purpose"], body["categories"], body.get("as_of"))
+            history = list(store.consent_events(partner, size))
+            refs = fold_eligible(history, body["purpose"], body["categories"], body.get("as_of"))
             if cap is not None:
-                refs = [r for r in refs if spent[(partner, r)] < cap]
+                refs = [r for r in refs if spent[(partner, r)] + target <= cap + 1e-9]
+            used[(body["job_id"], partner)] = refs
             root = eligible_root(refs)
             matches = root.hex() == part["eligible_root"] and len(refs) == int(part["eligible_count"])
             if not matches:
@@ -63,7 +73,7 @@ def audit_rounds(store: LedgerStore) -> AuditReport:
                 )
             eligible = EligibleSet(partner, body["purpose"], tuple(body["categories"]), size, refs, root)
             proven = 0
-            for ref in _said_no(events) - set(refs):
+            for ref in _said_no(history) - set(refs):
                 proof = prove_absent(eligible, ref)
                 if verify_absent(proof, bytes.fromhex(part["eligible_root"]), int(part["eligible_count"])):
                     proven += 1
@@ -71,10 +81,6 @@ def audit_rounds(store: LedgerStore) -> AuditReport:
                     report.problems.append(f"entry {idx}: subject {ref} withdrew/erased but is not provably absent")
             report.rounds.append(RoundAudit(body["job_id"], int(body["round"]), partner, size,
                                             int(part["eligible_count"]), len(refs), matches, proven))  # fmt: skip
-            charges.append((partner, refs, float(part.get("epsilon_round", 0.0))))
-        for partner, refs, eps in charges:
-            for r in refs:
-                spent[(partner, r)] += eps
     return report
 
 

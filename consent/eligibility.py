@@ -37,27 +37,40 @@ class EligibleSet:
         return i < len(self.subject_refs) and self.subject_refs[i] == subject_ref
 
 
+_NOT = object()  # in fold_eligible: the subject's standing decision does not allow the use
+
+
 def fold_eligible(events: Iterable[tuple], purpose: str, categories: Iterable[str], day: str | None) -> list[str]:
-    """Replays consent events (subject_ref, kind, consent_id, purposes, categories, valid_until) in log order."""
+    """Replays consent events (subject_ref, kind, consent_id, purposes, categories, valid_until) in log order.
+
+    Per subject only the standing decision matters: a `given` that allows the use holds its consent_id (a later
+    withdrawal or expiry of that consent_id revokes it), anything else is _NOT. Whether a `given` allows
+    (purpose, categories) depends only on its purposes and categories strings, of which a partner has a handful
+    of combinations: each is judged once."""
     need_cats = set(categories)
-    # subject_ref -> (current consent_id or None, allowed?) ; erasure is final
-    current: dict[str, tuple[str | None, bool]] = {}
+    allows: dict[tuple[str, str], bool] = {}
+    current: dict[str, object] = {}  # subject_ref -> consent_id of an allowing standing consent, or _NOT
     erased: set[str] = set()
+    no = _NOT
     for ref, kind, consent_id, purposes, cats, valid_until in events:
         if kind == "given":
-            ok = purpose in purposes.split(",") and need_cats <= set(cats.split(","))
+            ok = allows.get((purposes, cats))
+            if ok is None:
+                ok = allows[(purposes, cats)] = purpose in purposes.split(",") and need_cats <= set(cats.split(","))
             if ok and day is not None and valid_until is not None and valid_until < day:
                 ok = False
-            current[ref] = (consent_id, ok)
+            current[ref] = consent_id if ok else no
         elif kind == "refused":
-            current[ref] = (consent_id, False)
-        elif kind in ("withdrawn", "expired"):
-            held = current.get(ref)
-            if held is not None and held[0] == consent_id:
-                current[ref] = (consent_id, False)
+            current[ref] = no
+        elif kind == "withdrawn" or kind == "expired":
+            held = current.get(ref, no)
+            if held is not no and held == consent_id:
+                current[ref] = no
         elif kind == "erasure":
             erased.add(ref)
-    return sorted(ref for ref, (_, ok) in current.items() if ok and ref not in erased)
+    if erased:
+        return sorted(ref for ref, held in current.items() if held is not no and ref not in erased)
+    return sorted(ref for ref, held in current.items() if held is not no)
 
 
 def commitment_leaves(subject_refs: list[str]) -> list[bytes]:

@@ -376,7 +376,7 @@ _BODY_RULES = {
     "subject.erasure_requested": _subject,
     "subject.erased": _subject,
     "job.started": _needs("job_id", "purpose", "data_categories", "checkpoint", "rounds", "target_epsilon", "delta"),
-    "round.manifest": _needs("job_id", "round", "checkpoint", "partners", "model_hash"),
+    "round.manifest": _needs("job_id", "round", "tree_size", "purpose", "categories", "partners", "model_out_hash"),
     "model.published": _needs("job_id", "model_hash"),
     "reward.issued": _needs("job_id", "partner_id", "total_points", "subjects_root", "subject_count"),
     "key.registered": _needs("identity", "role", "key_id", "public_key"),

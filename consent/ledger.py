@@ -73,8 +73,12 @@ class LedgerReader:
         tree_size: int | None = None,
         day: str | None = None,
         lifetime_epsilon: float | None = None,
+        job_epsilon: float = 0.0,
     ) -> EligibleSet:
-        """Subjects of one partner allowed (purpose, categories) at tree size; with budget left if a cap is given."""
+        """Subjects of one partner allowed (purpose, categories) at tree size.
+
+        With a lifetime cap, only subjects whose ε spent so far plus the job's ε stays within the cap: a job may
+        never take anyone over. Budgets are charged when a job closes, so the set is stable for the whole job."""
         purpose = check_purposes([purpose])[0]
         cats = tuple(check_categories(list(categories)))
         size = self.tree_size() if tree_size is None else tree_size
@@ -82,7 +86,7 @@ class LedgerReader:
         refs = fold_eligible(self.store.consent_events(partner_id, size), purpose, cats, day)
         if lifetime_epsilon is not None:
             spent = self.budget.spent(partner_id)
-            refs = [r for r in refs if spent.get(r, 0.0) < lifetime_epsilon]
+            refs = [r for r in refs if spent.get(r, 0.0) + job_epsilon <= lifetime_epsilon + 1e-9]
         return EligibleSet(partner_id, purpose, cats, size, refs, eligible_root(refs))
 
     def prove_absent(self, eligible: EligibleSet, subject_ref: str) -> NonMembershipProof:

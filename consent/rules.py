@@ -7,6 +7,7 @@ batch update the state as they pass, so a batch is judged exactly as if its entr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from sys import intern as _sys_intern
 
 from cryptography.exceptions import InvalidSignature
 
@@ -51,14 +52,14 @@ class KeyRecord:
             return False
 
 
-@dataclass
+@dataclass(slots=True)  # slots: `cohort ledger verify` holds one per subject of the log
 class SubjectRecord:
     partner_id: str
     erasure_requested: bool = False
     erased: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class ConsentRecord:
     partner_id: str
     subject_ref: str
@@ -108,16 +109,20 @@ def signing_key(entry: SignedEntry, leaf: bytes, state: LogState, position: int)
     return _signing_key(entry, state, position)
 
 
+def signature_verdict(entry: SignedEntry, key: KeyRecord) -> int:
+    """SIGNATURE_OK, SIGNATURE_BAD or SIGNATURE_NOT_BASE64 for the entry's signature under `key`."""
+    try:
+        sig = signature_of(entry)
+    except EntryError:
+        return SIGNATURE_NOT_BASE64
+    return SIGNATURE_OK if key.verify(sig, signed_message(entry)) else SIGNATURE_BAD
+
+
 def check_signature(entry: SignedEntry, key: KeyRecord, position: int, checked: tuple[int, str] | None = None) -> None:
     if checked is not None and checked[1] == key.public_key:
         verdict = checked[0]
     else:
-        try:
-            sig = signature_of(entry)
-        except EntryError:
-            verdict = SIGNATURE_NOT_BASE64
-        else:
-            verdict = SIGNATURE_OK if key.verify(sig, signed_message(entry)) else SIGNATURE_BAD
+        verdict = signature_verdict(entry, key)
     if verdict == SIGNATURE_NOT_BASE64:
         raise AppendError(UNAUTHENTICATED, "entry signature is not base64", position)
     if verdict != SIGNATURE_OK:
@@ -171,6 +176,10 @@ def _key_from_body(body: dict, position: int) -> KeyRecord:
     return rec
 
 
+def _intern(value):
+    return _sys_intern(value) if type(value) is str else value
+
+
 def _no_semantics(entry: SignedEntry, state: LogState, position: int) -> None:
     return None
 
@@ -181,7 +190,7 @@ def _subject_of(entry: SignedEntry, state: LogState, position: int, create: bool
     if subject is None:
         if not create:
             raise AppendError(NOT_FOUND, f"subject {ref} is not known to the ledger", position)
-        subject = state.subjects[ref] = SubjectRecord(partner_id=partner)
+        subject = state.subjects[ref] = SubjectRecord(partner_id=_intern(partner))
     elif subject.partner_id != partner:
         raise AppendError(PERMISSION_DENIED, f"subject {ref} belongs to another partner", position)
     if subject.erasure_requested and entry.type != "subject.erased":
@@ -200,7 +209,9 @@ def _consent_recorded(entry: SignedEntry, state: LogState, position: int) -> Non
         prior = state.consents.get(sup)
         if prior is None or prior.subject_ref != body["subject_ref"]:
             raise AppendError(NOT_FOUND, f"superseded consent {sup} does not exist for this subject", position)
-    state.consents[body["consent_id"]] = ConsentRecord(body["partner_id"], body["subject_ref"], entry.type)
+    # Interned: a log holds millions of these records and only a handful of distinct partner ids and types.
+    record = ConsentRecord(_intern(body["partner_id"]), body["subject_ref"], _intern(entry.type))
+    state.consents[body["consent_id"]] = record
 
 
 def _consent_ended(entry: SignedEntry, state: LogState, position: int) -> None:

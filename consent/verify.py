@@ -4,32 +4,38 @@ One streaming pass in log order recomputes each leaf hash, re-judges each entry 
 path used (keys, roles, partner scoping, consent semantics), rebuilds the Merkle tree level by level and checks
 every signed checkpoint (and its witnesses) against the recomputed root at its size. The stored perfect-subtree
 hashes (what proofs are served from) and the consent index (what eligibility reads) are compared with digests of
-their recomputed values. Ed25519 signature checks, the expensive part, run in worker processes that read their
-own slices of the log, so both cores are used; memory stays bounded by the page size plus the rules' state.
+their recomputed values. The expensive, order-free part of each entry, the parse (canonical form, fields, body
+rules) and the Ed25519 check, runs in worker processes that read their own chunks of the log; the streaming pass
+takes their parse verdicts in order and only re-reads the JSON, and takes back any chunk no worker has started
+when it gets there, so both cores stay busy. Memory stays bounded by the page size plus the rules' state.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
-from consent import merkle
+from consent import merkle, sigcheck
 from consent.checkpoints import Checkpoint, verify_checkpoint_signature
-from consent.entries import EntryError, parse_entry, signature_of, signed_message
+from consent.entries import EntryError, SignedEntry, parse_entry, signature_of, signed_message
 from consent.keys import public_from_b64
 from consent.ledger import _far_future
-from consent.rules import AppendError, LogState, check_entry
+from consent.rules import AppendError, LogState, apply_entry, signing_key
 from consent.store import tables as t
 from consent.store.engine import open_engine
 from consent.store.log import _CONSENT_KIND
 
 _FAR = _far_future()
-SIGNATURE_CHUNK = 50_000
+CHUNK = 10_000  # entries per unit of work for the parse-and-signature workers
+PARALLEL_FROM = 20_000  # smaller logs are verified in-process: starting workers would cost more than it saves
 
 
 @dataclass
@@ -68,24 +74,25 @@ def verify_ledger(url: str, workers: int | None = None, page: int = 20_000) -> V
             ).all()
         keys = _keys_from_log([bytes(r[0]) for r in key_rows])
         workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-        chunks = [(url, a, min(a + SIGNATURE_CHUNK, report.tree_size), keys)
-                  for a in range(0, report.tree_size, SIGNATURE_CHUNK)]  # fmt: skip
-        if workers > 0 and len(chunks) > 1:
+        size = report.tree_size
+        chunks = [(url, a, min(a + CHUNK, size), keys) for a in range(0, size, CHUNK)]
+        if workers > 0 and size > PARALLEL_FROM:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_verify_signatures, *c) for c in chunks]
-                _stream_pass(engine, report, page)
-                for fut in futures:
-                    n, bad = fut.result()
-                    report.signatures_checked += n
-                    for idx, reason in bad:
-                        report.add(idx, reason)
+                results = _ChunkResults(chunks, [pool.submit(_check_chunk, *c) for c in chunks])
+                try:
+                    # While the workers start on the first chunks, this process digests the stored indexes.
+                    digests = _stored_node_digests(engine), _consent_index_digest(engine)
+                    _stream_pass(engine, report, page, digests, results)
+                    done = results.all()
+                finally:
+                    results.cancel()
         else:
-            _stream_pass(engine, report, page)
-            for c in chunks:
-                n, bad = _verify_signatures(*c)
-                report.signatures_checked += n
-                for idx, reason in bad:
-                    report.add(idx, reason)
+            _stream_pass(engine, report, page, None, None)
+            done = [_check_chunk(*c) for c in chunks]
+        for checked, bad, _, _ in done:
+            report.signatures_checked += checked
+            for idx, key_id in bad:
+                report.add(idx, f"entry {idx}: signature does not verify under key {key_id}")
     finally:
         engine.dispose()
     report.problems.sort(key=lambda p: (p[0] is None, p[0] or 0))
@@ -104,35 +111,115 @@ def _keys_from_log(key_entries: list[bytes]) -> dict[str, str]:
     return out
 
 
-def _verify_signatures(url: str, start: int, end: int, keys: dict[str, str]) -> tuple[int, list[tuple[int, str]]]:
+def _rows(engine, statement: str, page: int) -> Iterator[tuple]:
+    """Rows of a plain SELECT, streamed in pages (bounded memory on any log size), with little per-row cost."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            cur = conn.connection.cursor()
+            try:
+                cur.execute(statement)
+                while rows := cur.fetchmany(page):
+                    yield from rows
+            finally:
+                cur.close()
+        else:
+            result = conn.execution_options(stream_results=True, yield_per=page).exec_driver_sql(statement)
+            for part in result.partitions():
+                yield from part
+
+
+# What a worker learns about entries start..end-1: (signatures checked, [(index, key id) that do not verify],
+# {index: why the entry does not parse}, indices in the range with no stored entry).
+ChunkResult = tuple[int, list[tuple[int, str]], dict[int, str], list[int]]
+
+
+def _check_chunk(url: str, start: int, end: int, keys: dict[str, str]) -> ChunkResult:
+    """Parses entries start..end-1 and checks the signature of each that parses and names a key of the log.
+
+    Run in worker processes: the parse (canonical form, fields, body rules) and the Ed25519 check are most of the
+    cost of a verification, and need nothing from the entries before. The streaming pass then reuses the parse
+    verdicts (it re-reads the JSON, not the rules) and judges the entries in order."""
     engine = open_engine(url, migrate=False)
-    publics = {}
-    bad = []
-    n = 0
+    publics: dict[str, sigcheck.PublicKey] = {}
+    bad: list[tuple[int, str]] = []
+    errors: dict[int, str] = {}
+    absent: list[int] = []
+    checked = 0
+    expected = start
+    split = sigcheck.split_signature
+    b64decode = base64.b64decode
+    statement = f"SELECT idx, data FROM entries WHERE idx >= {int(start)} AND idx < {int(end)} ORDER BY idx"
     try:
-        with engine.connect() as conn:
-            q = select(t.entries.c.idx, t.entries.c.data).where(t.entries.c.idx >= start, t.entries.c.idx < end)
-            for idx, data in conn.execution_options(yield_per=10_000).execute(q):
-                try:
-                    entry = parse_entry(bytes(data), now=_FAR)
-                except EntryError:
-                    continue  # reported by the streaming pass
-                pub_b64 = keys.get(entry.key_id)
-                if pub_b64 is None:
-                    continue  # unknown key: the streaming pass names it
-                if entry.key_id not in publics:
-                    publics[entry.key_id] = public_from_b64(pub_b64)
-                n += 1
-                try:
-                    publics[entry.key_id].verify(signature_of(entry), signed_message(entry))
-                except Exception:
-                    bad.append((idx, f"entry {idx}: signature does not verify under key {entry.key_id}"))
+        for idx, data in _rows(engine, statement, 5_000):
+            if idx != expected:
+                absent.extend(range(expected, idx))
+            expected = idx + 1
+            data = bytes(data)
+            try:
+                entry = parse_entry(data, now=_FAR)
+            except EntryError as exc:
+                errors[idx] = str(exc)
+                continue
+            key_id = entry.key_id
+            pub_b64 = keys.get(key_id)
+            if pub_b64 is None:
+                continue  # unknown key: the streaming pass names it
+            if key_id not in publics:
+                publics[key_id] = sigcheck.public_key(pub_b64, public_from_b64(pub_b64))
+            checked += 1
+            try:
+                cut = split(data)
+                if cut is not None and cut[0] == key_id:  # the canonical bytes, cut: no re-encoding
+                    good = publics[key_id].verify(b64decode(cut[1], validate=True), cut[2])
+                else:
+                    good = publics[key_id].verify(signature_of(entry), signed_message(entry))
+            except Exception:
+                good = False
+            if not good:
+                bad.append((idx, key_id))
     finally:
         engine.dispose()
-    return n, bad
+    absent.extend(range(expected, end))
+    return checked, bad, errors, absent
 
 
-def _stream_pass(engine, report: VerifyReport, page: int) -> None:
+class _ChunkResults:
+    """The workers' chunk results, read in log order by the streaming pass; a chunk no worker has started by the
+    time it is needed is done in this process instead (so neither side idles while the other has work)."""
+
+    def __init__(self, chunks: list, futures: list[Future]):
+        self.chunks, self.futures = chunks, futures
+        self.done: list[ChunkResult | None] = [None] * len(chunks)
+        self.k = 0
+
+    def result(self, k: int) -> ChunkResult:
+        if self.done[k] is None:
+            fut = self.futures[k]
+            self.done[k] = _check_chunk(*self.chunks[k]) if not fut.done() and fut.cancel() else fut.result()
+        return self.done[k]
+
+    def parse_verdict(self, idx: int) -> tuple[bool, str | None]:
+        """(known, error): known=False if no chunk vouches for entry idx; else error is None if it parses."""
+        chunks = self.chunks
+        while self.k < len(chunks) and idx >= chunks[self.k][2]:
+            self.k += 1
+        if self.k == len(chunks) or idx < chunks[self.k][1]:
+            return False, None
+        _, _, errors, absent = self.result(self.k)
+        if absent and idx in absent:
+            return False, None
+        return True, errors.get(idx)
+
+    def all(self) -> list[ChunkResult]:
+        return [self.result(k) for k in range(len(self.chunks))]
+
+    def cancel(self) -> None:
+        for fut in self.futures:
+            fut.cancel()
+
+
+def _stream_pass(engine, report: VerifyReport, page: int, digests, results: _ChunkResults | None) -> None:
+    """Re-judges the log in order: leaf hashes, rules, Merkle tree, checkpoints, stored nodes, consent index."""
     with engine.connect() as conn:
         checkpoints = conn.execute(select(t.checkpoints).order_by(t.checkpoints.c.tree_size)).all()
         witnesses: dict[int, list] = {}
@@ -148,39 +235,59 @@ def _stream_pass(engine, report: VerifyReport, page: int) -> None:
     events_digest = hashlib.sha256()
     size = 0
     idx_expected = 0
-    with engine.connect() as conn:
-        q = select(t.entries.c.idx, t.entries.c.data, t.entries.c.leaf_hash).order_by(t.entries.c.idx)
-        for idx, data, stored_leaf in conn.execution_options(yield_per=page).execute(q):
-            data, stored_leaf = bytes(data), bytes(stored_leaf)
-            if idx != idx_expected:
-                report.add(idx_expected, f"entry {idx_expected} is missing (next stored index is {idx})")
-                idx_expected = idx
-            leaf = merkle.leaf_hash(data)
-            if leaf != stored_leaf:
-                report.add(idx, f"entry {idx}: content does not match its stored leaf hash (entry altered)")
+    sha256 = hashlib.sha256
+    loads = json.loads
+    consent_kind = _CONSENT_KIND
+    add = report.add
+    checked = 0
+    for idx, data, stored_leaf in _rows(engine, "SELECT idx, data, leaf_hash FROM entries ORDER BY idx", page):
+        if type(data) is not bytes:
+            data = bytes(data)
+        if idx != idx_expected:
+            add(idx_expected, f"entry {idx_expected} is missing (next stored index is {idx})")
+            idx_expected = idx
+        leaf = sha256(b"\x00" + data).digest()
+        if leaf != stored_leaf:
+            add(idx, f"entry {idx}: content does not match its stored leaf hash (entry altered)")
+        entry = None
+        known, error = results.parse_verdict(idx) if results is not None else (False, None)
+        if not known:
             try:
                 entry = parse_entry(data, now=_FAR)
+            except EntryError as exc:
+                error = str(exc)
+        elif error is None:
+            # A worker ran parse_entry on these very bytes and it passed: only the JSON is needed again.
+            entry = SignedEntry(data=data, fields=loads(data.decode("utf-8")))
+        if entry is None:
+            add(idx, f"entry {idx}: {error}")
+        else:
+            try:
                 state.empty_log = idx == 0
-                check_entry(entry, leaf, state, idx, verify_signature=False)
-                kind = _CONSENT_KIND.get(entry.type)
+                key = signing_key(entry, leaf, state, idx)
+                apply_entry(entry, leaf, key, state, idx)
+                kind = consent_kind.get(entry.fields["type"])
                 if kind:
                     events_digest.update(_event_row(idx, entry, kind))
             except (EntryError, AppendError) as exc:
-                report.add(idx, f"entry {idx}: {exc}")
-            # Merkle: push the leaf, merge equal-level neighbours; each merge is a stored perfect node.
-            h, level = leaf, 0
-            while frontier and frontier[-1][0] == level:
-                _, left = frontier.pop()
-                h = merkle.node_hash(left, h)
-                level += 1
-                level_digests.setdefault(level, hashlib.sha256()).update(h)
-            frontier.append((level, h))
-            size = idx + 1
-            idx_expected = idx + 1
-            report.entries_checked += 1
-            if size in cp_at:
-                root = merkle.root_from_frontier([fh for _, fh in frontier])
-                signed.append(_check_checkpoint(cp_at[size], root, witnesses, report))
+                add(idx, f"entry {idx}: {exc}")
+        # Merkle: push the leaf, merge equal-level neighbours; each merge is a stored perfect node.
+        h, level = leaf, 0
+        while frontier and frontier[-1][0] == level:
+            h = sha256(b"\x01" + frontier.pop()[1] + h).digest()
+            level += 1
+            d = level_digests.get(level)
+            if d is None:
+                d = level_digests[level] = sha256()
+            d.update(h)
+        frontier.append((level, h))
+        size = idx + 1
+        idx_expected = size
+        checked += 1
+        if size in cp_at:
+            root = merkle.root_from_frontier([fh for _, fh in frontier])
+            signed.append(_check_checkpoint(cp_at[size], root, witnesses, report))
+    report.entries_checked += checked
     if size != report.tree_size:
         report.add(None, f"head says the log has {report.tree_size} entries but {size} are stored")
     report.root = merkle.root_from_frontier([fh for _, fh in frontier])
@@ -191,8 +298,9 @@ def _stream_pass(engine, report: VerifyReport, page: int) -> None:
     if report.tree_size and not any(k.role == "operator" for k in state.keys.values()):
         report.add(0, "the log registers no operator key")
     _check_signed_checkpoints(signed, state.keys, report)
-    _check_stored_nodes(engine, level_digests, report)
-    _check_consent_index(engine, events_digest.digest(), report)
+    stored_nodes, consent_index = digests or (_stored_node_digests(engine), _consent_index_digest(engine))
+    _check_stored_nodes(stored_nodes, level_digests, report)
+    _check_consent_index(consent_index, events_digest.digest(), report)
 
 
 def _check_checkpoint(cp, root: bytes, witnesses, report: VerifyReport):
@@ -213,30 +321,43 @@ def _event_row(idx: int, entry, kind: str) -> bytes:
     return ("\x1f".join(parts) + "\x1e").encode()
 
 
-def _check_consent_index(engine, expected: bytes, report: VerifyReport) -> None:
-    c = t.consent_events.c
+def _consent_index_digest(engine) -> bytes:
     digest = hashlib.sha256()
-    with engine.connect() as conn:
-        q = select(c.idx, c.partner_id, c.subject_ref, c.kind, c.consent_id, c.purposes, c.categories, c.valid_until)
-        for r in conn.execution_options(yield_per=50_000).execute(q.order_by(c.idx)):
-            parts = [str(r.idx), r.partner_id, r.subject_ref, r.kind, r.consent_id or "", r.purposes or "",
-                     r.categories or "", r.valid_until or ""]  # fmt: skip
-            digest.update(("\x1f".join(parts) + "\x1e").encode())
-    if digest.digest() != expected:
+    q = ("SELECT idx, partner_id, subject_ref, kind, consent_id, purposes, categories, valid_until "
+         "FROM consent_events ORDER BY idx")  # fmt: skip
+    for idx, partner, ref, kind, consent_id, purposes, categories, valid_until in _rows(engine, q, 50_000):
+        parts = [str(idx), partner, ref, kind, consent_id or "", purposes or "", categories or "", valid_until or ""]
+        digest.update(("\x1f".join(parts) + "\x1e").encode())
+    return digest.digest()
+
+
+def _check_consent_index(stored: bytes, expected: bytes, report: VerifyReport) -> None:
+    if stored != expected:
         report.add(None, "the consent index (consent_events) does not match the log: eligibility would be wrong")
 
 
-def _check_stored_nodes(engine, level_digests: dict, report: VerifyReport) -> None:
-    with engine.connect() as conn:
-        levels = [r[0] for r in conn.execute(select(t.tree_nodes.c.level).distinct())]
-        for level in sorted(set(levels) | set(level_digests)):
-            digest = hashlib.sha256()
-            q = select(t.tree_nodes.c.hash).where(t.tree_nodes.c.level == level).order_by(t.tree_nodes.c.idx)
-            for (h,) in conn.execution_options(yield_per=50_000).execute(q):
-                digest.update(bytes(h))
-            want = level_digests.get(level, hashlib.sha256()).digest()
-            if digest.digest() != want:
-                report.add(None, f"stored tree nodes at level {level} do not match the entries (proofs would lie)")
+def _stored_node_digests(engine) -> dict[int, bytes]:
+    """SHA-256 over the stored hashes of each level, in index order."""
+    out: dict[int, bytes] = {}
+    digest = None
+    current = None
+    for level, h in _rows(engine, "SELECT level, hash FROM tree_nodes ORDER BY level, idx", 50_000):
+        if level != current:
+            if digest is not None:
+                out[current] = digest.digest()
+            digest, current = hashlib.sha256(), level
+        digest.update(h)
+    if digest is not None:
+        out[current] = digest.digest()
+    return out
+
+
+def _check_stored_nodes(stored: dict[int, bytes], level_digests: dict, report: VerifyReport) -> None:
+    empty = hashlib.sha256().digest()
+    for level in sorted(set(stored) | set(level_digests)):
+        want = level_digests[level].digest() if level in level_digests else empty
+        if stored.get(level, empty) != want:
+            report.add(None, f"stored tree nodes at level {level} do not match the entries (proofs would lie)")
 
 
 def _check_signed_checkpoints(signed: list, keys: dict, report: VerifyReport) -> None:

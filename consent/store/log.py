@@ -7,7 +7,10 @@ returns are indices handed back, so an acknowledged entry survives a crash.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from sqlalchemy import Engine, select, update
@@ -22,10 +25,14 @@ from consent.rules import (
     ConsentRecord,
     KeyRecord,
     LogState,
+    SIGNATURE_BAD,
+    SIGNATURE_NOT_BASE64,
+    SIGNATURE_OK,
     SubjectRecord,
     apply_entry,
     check_entry,
     check_signature,
+    signature_verdict,
     signing_key,
 )
 from consent.store import tables as t
@@ -62,6 +69,7 @@ class LedgerStore:
         self._lock = threading.Lock()
         self._keys: dict[str, KeyRecord] = {}
         self._frontier: tuple[int, dict[tuple[int, int], bytes]] | None = None  # (tree size, its frontier nodes)
+        self._inline_share = 0.1  # of a large batch's signatures verified here rather than by the workers
         with engine.begin() as conn:
             if conn.execute(select(t.head.c.tree_size)).first() is None:
                 conn.execute(t.head.insert().values(id=1, tree_size=0))
@@ -103,7 +111,9 @@ class LedgerStore:
                     if pending is None:
                         for i, (entry, leaf) in enumerate(zip(parsed, leaves)):
                             check_entry(entry, leaf, state, i)
-                        frontier = self._insert(sql, parsed, leaves, start, state, existing_subjects)
+                        rows = _BatchRows(parsed, leaves, start, existing_subjects)
+                        frontier = self._write(sql, rows)
+                        self._finish(sql, rows, state)
                     else:
                         frontier = self._judge_and_insert(sql, parsed, leaves, start, state, existing_subjects, pending)
                     sql.set_head(start + len(parsed))
@@ -116,33 +126,51 @@ class LedgerStore:
         return list(range(start, start + len(parsed)))
 
     def _judge_and_insert(self, sql, parsed, leaves, start, state, existing_subjects, pending: sigcheck.Pending):
-        """check_entry for every entry and the inserts, while the workers are still verifying signatures.
+        """check_entry for every entry, and the inserts, while the workers are still verifying signatures.
 
-        The rules run with the signature step left out, remembering each entry's key; the verdicts are read after
-        the inserts. The error raised is still the one sequential checking gives: a bad signature at j wins over
-        any later failure, and over a failure at j itself after the signature step (role, scope, semantics)."""
+        The rows of a batch do not depend on the verdicts, only whether they are committed does: a writer thread
+        sends them to the database (which works on them, and the DBAPI waits for it, without the GIL) while this
+        thread runs the rules with the signature step left out, remembering each entry's key, and verifies the
+        share of signatures kept back from the workers. The verdicts are read last. The error raised is still the
+        one sequential checking gives: a bad signature at j wins over any later failure, and over a failure at j
+        itself after the signature step (role, scope, semantics); a write error only counts if the rules pass."""
+        writer = _Writer(self._write, sql, _BatchRows(parsed, leaves, start, existing_subjects))
         keys_used: list[KeyRecord] = []
         failure: BaseException | None = None
         limit = len(parsed)  # entries whose signatures sequential checking would have verified
-        for i, (entry, leaf) in enumerate(zip(parsed, leaves)):
-            try:
-                key = signing_key(entry, leaf, state, i)
-            except Exception as exc:
-                failure, limit = exc, i
-                break
-            keys_used.append(key)
-            try:
-                apply_entry(entry, leaf, key, state, i)
-            except Exception as exc:
-                failure, limit = exc, i + 1
-                break
-        frontier = None
+        try:
+            for i, (entry, leaf) in enumerate(zip(parsed, leaves)):
+                try:
+                    key = signing_key(entry, leaf, state, i)
+                except Exception as exc:
+                    failure, limit = exc, i
+                    break
+                keys_used.append(key)
+                try:
+                    apply_entry(entry, leaf, key, state, i)
+                except Exception as exc:
+                    failure, limit = exc, i + 1
+                    break
+            # The tail of the batch kept back from the workers is verified here, while they finish theirs.
+            own = [(_inline_verdict(parsed[i], keys_used[i]), keys_used[i].public_key) for i in range(pending.n, limit)]
+        finally:
+            frontier, write_error = writer.join()
+        if failure is None and write_error is not None:
+            failure = write_error  # never expected (the rules saw every row coming); signatures still go first
         if failure is None:
             try:
-                frontier = self._insert(sql, parsed, leaves, start, state, existing_subjects)
-            except Exception as exc:  # never expected (the rules saw every row coming); signatures still go first
+                self._finish(sql, writer.rows, state)
+            except Exception as exc:
                 failure = exc
+        waited = time.perf_counter()
         verdicts = self._verdicts(pending, parsed)
+        waited = time.perf_counter() - waited
+        # Steer the share kept in-process so that neither side waits for the other (2 ms of slack).
+        if waited > 0.002:
+            self._inline_share = min(0.5, self._inline_share + 0.02)
+        else:
+            self._inline_share = max(0.0, self._inline_share - 0.01)
+        verdicts[pending.n : limit] = own
         for i in range(limit):
             check_signature(parsed[i], keys_used[i], i, verdicts[i])
         if failure is not None:
@@ -177,7 +205,8 @@ class LedgerStore:
                     keys[kid] = rec.public_key
         if not keys:
             return None  # keys not cached yet (first batch of a process): verified in-process
-        return sigcheck.POOL.submit(datas, keys)
+        keep = int(len(datas) * self._inline_share)
+        return sigcheck.POOL.submit(datas[: len(datas) - keep], keys)
 
     @staticmethod
     def _verdicts(pending: sigcheck.Pending | None, parsed: list[SignedEntry]) -> list[tuple[int, str] | None] | None:
@@ -186,8 +215,8 @@ class LedgerStore:
         status, used = pending.collect()
         keys = pending.keys
         out: list[tuple[int, str] | None] = [None] * len(parsed)
-        for i, entry in enumerate(parsed):
-            kid = used[i]
+        for i in range(pending.n):
+            entry, kid = parsed[i], used[i]
             if status[i] != sigcheck.UNCHECKED and kid == entry.key_id:
                 out[i] = (status[i], keys[kid])
         return out
@@ -235,65 +264,30 @@ class LedgerStore:
                 out[r.key_id] = KeyRecord(r.key_id, r.identity, r.role, r.public_key, r.revoked_idx is not None)
         return out
 
-    def _insert(
-        self, sql: "_Sql", batch: list[SignedEntry], leaves: list[bytes], start: int, state: LogState,
-        existing_subjects: set[str],
-    ) -> tuple[int, dict] | None:  # fmt: skip
-        """Writes the batch; returns the Merkle frontier after it (for the next append's left siblings)."""
-        rows, events, consents, keys, revoked = [], [], [], [], []
-        erasure, erased = [], []
-        new_subjects: dict[str, tuple] = {}
-        idx = start
-        for e, leaf in zip(batch, leaves):
-            body = e.body
-            etype = e.type
-            ref = body.get("subject_ref")
-            if not isinstance(ref, str):
-                ref = None
-            partner = body.get("partner_id")
-            rows.append((idx, leaf, e.data, etype, e.key_id, partner if isinstance(partner, str) else None, ref))
-            kind = _CONSENT_KIND.get(etype)
-            if kind:
-                events.append((
-                    idx, body["partner_id"], ref, kind, body.get("consent_id"),
-                    ",".join(sorted(body["purposes"])) if "purposes" in body else None,
-                    ",".join(sorted(body["data_categories"])) if "data_categories" in body else None,
-                    body.get("valid_until"),
-                ))  # fmt: skip
-            if etype == "consent.given" or etype == "consent.refused":
-                consents.append((body["consent_id"], body["partner_id"], ref, etype, idx))
-            if ref is not None and etype.startswith(("consent.", "subject.")):
-                if ref not in existing_subjects and ref not in new_subjects:
-                    new_subjects[ref] = (ref, body["partner_id"], idx)
-            if etype == "subject.erasure_requested":
-                erasure.append((idx, ref))
-            elif etype == "subject.erased":
-                erased.append((idx, ref))
-            elif etype == "key.registered" or etype == "key.rotated":
-                keys.append({"key_id": body["key_id"], "identity": body["identity"], "role": body["role"],
-                             "public_key": body["public_key"], "registered_idx": idx, "revoked_idx": None})  # fmt: skip
-                if etype == "key.rotated":
-                    revoked.append((body["replaces"], idx))
-            idx += 1
-        sql.insert_rows("entries", _ENTRY_COLUMNS, rows)
-        nodes, frontier = self._new_nodes(sql, start, leaves)
-        upper = [(lv, i, h) for lv, i, h in nodes if lv > 0]
-        sql.insert_rows("tree_nodes", _NODE_COLUMNS, upper)
-        sql.insert_rows("consent_events", _EVENT_COLUMNS, events)
-        sql.insert_rows("consents", _CONSENT_COLUMNS, consents)
-        sql.insert_rows("subjects", _SUBJECT_COLUMNS, list(new_subjects.values()))
+    def _write(self, sql: "_Sql", rows: "_BatchRows") -> tuple[int, dict] | None:
+        """Inserts the batch's entries, new tree nodes and consent indexes; returns the Merkle frontier after it."""
+        rows.build()
+        sql.insert_rows("entries", _ENTRY_COLUMNS, rows.entries)
+        nodes, frontier = self._new_nodes(sql, rows.start, rows.leaves)
+        sql.insert_rows("tree_nodes", _NODE_COLUMNS, [(lv, i, h) for lv, i, h in nodes if lv > 0])
+        sql.insert_rows("consent_events", _EVENT_COLUMNS, rows.events)
+        sql.insert_rows("consents", _CONSENT_COLUMNS, rows.consents)
+        sql.insert_rows("subjects", _SUBJECT_COLUMNS, list(rows.new_subjects.values()))
+        return frontier
+
+    def _finish(self, sql: "_Sql", rows: "_BatchRows", state: LogState) -> None:
+        """The updates that follow from the rules' verdicts: ended consents, erasures, keys."""
         ended = [(rec.kind, consent_id) for consent_id, rec in state.consents.items()
                  if rec.kind in ("consent.withdrawn", "consent.expired")]  # fmt: skip
         sql.execute_many("UPDATE consents SET kind = {} WHERE consent_id = {}", ended)
-        sql.execute_many("UPDATE subjects SET erasure_requested_idx = {} WHERE subject_ref = {}", erasure)
-        sql.execute_many("UPDATE subjects SET erased_idx = {} WHERE subject_ref = {}", erased)
+        sql.execute_many("UPDATE subjects SET erasure_requested_idx = {} WHERE subject_ref = {}", rows.erasure)
+        sql.execute_many("UPDATE subjects SET erased_idx = {} WHERE subject_ref = {}", rows.erased)
         conn = sql.conn
-        if keys:
-            conn.execute(t.keys.insert(), keys)
-        for key_id, idx in revoked:
+        if rows.keys:
+            conn.execute(t.keys.insert(), rows.keys)
+        for key_id, idx in rows.revoked:
             conn.execute(update(t.keys).where(t.keys.c.key_id == key_id).values(revoked_idx=idx))
             self._keys.pop(key_id, None)
-        return frontier
 
     def _new_nodes(self, sql: "_Sql", start: int, leaves: list[bytes]):
         """The perfect-subtree nodes the batch completes, and the frontier of the tree after the batch.
@@ -450,15 +444,26 @@ class LedgerStore:
     # ---- consent index ------------------------------------------------------------------------------------
 
     def consent_events(self, partner_id: str, tree_size: int) -> Iterator[tuple]:
-        """(subject_ref, kind, consent_id, purposes, categories, valid_until) in log order below tree_size."""
-        c = t.consent_events.c
-        q = (
-            select(c.subject_ref, c.kind, c.consent_id, c.purposes, c.categories, c.valid_until)
-            .where(c.partner_id == partner_id, c.idx < tree_size)
-            .order_by(c.idx)
-        )
+        """(subject_ref, kind, consent_id, purposes, categories, valid_until) in log order below tree_size.
+
+        Streamed in pages straight from the DBAPI cursor (a million rows for a large partner)."""
+        q = ("SELECT subject_ref, kind, consent_id, purposes, categories, valid_until FROM consent_events "
+             "WHERE partner_id = {ph} AND idx < {ph} ORDER BY idx")  # fmt: skip
         with self.engine.connect() as conn:
-            yield from conn.execution_options(yield_per=50000).execute(q)
+            if conn.dialect.name == "sqlite":
+                cur = conn.connection.cursor()
+                try:
+                    cur.execute(q.format(ph="?"), (partner_id, tree_size))
+                    while rows := cur.fetchmany(50_000):
+                        yield from rows
+                finally:
+                    cur.close()
+            else:
+                result = conn.execution_options(stream_results=True, yield_per=50_000).exec_driver_sql(
+                    q.format(ph="%s"), (partner_id, tree_size)
+                )
+                for part in result.partitions():
+                    yield from part
 
     def subject_partner(self, subject_refs: Sequence[str]) -> dict[str, str]:
         out = {}
@@ -473,6 +478,77 @@ def _chunks(items) -> Iterator[list]:
     items = list(items)
     for i in range(0, len(items), _IN_CHUNK):
         yield items[i : i + _IN_CHUNK]
+
+
+class _BatchRows:
+    """The rows a batch adds to each table; a pure function of the parsed entries, built on demand."""
+
+    def __init__(self, batch: list[SignedEntry], leaves: list[bytes], start: int, existing_subjects: set[str]):
+        self.batch, self.leaves, self.start, self.existing_subjects = batch, leaves, start, existing_subjects
+        self.built = False
+
+    def build(self) -> None:
+        if self.built:
+            return
+        entries, events, consents, keys, revoked = [], [], [], [], []
+        erasure, erased = [], []
+        new_subjects: dict[str, tuple] = {}
+        existing = self.existing_subjects
+        idx = self.start
+        for e, leaf in zip(self.batch, self.leaves):
+            body = e.body
+            etype = e.type
+            ref = body.get("subject_ref")
+            if not isinstance(ref, str):
+                ref = None
+            partner = body.get("partner_id")
+            entries.append((idx, leaf, e.data, etype, e.key_id, partner if isinstance(partner, str) else None, ref))
+            kind = _CONSENT_KIND.get(etype)
+            if kind:
+                events.append((
+                    idx, body["partner_id"], ref, kind, body.get("consent_id"),
+                    ",".join(sorted(body["purposes"])) if "purposes" in body else None,
+                    ",".join(sorted(body["data_categories"])) if "data_categories" in body else None,
+                    body.get("valid_until"),
+                ))  # fmt: skip
+            if etype == "consent.given" or etype == "consent.refused":
+                consents.append((body["consent_id"], body["partner_id"], ref, etype, idx))
+            if ref is not None and etype.startswith(("consent.", "subject.")):
+                if ref not in existing and ref not in new_subjects:
+                    new_subjects[ref] = (ref, body["partner_id"], idx)
+            if etype == "subject.erasure_requested":
+                erasure.append((idx, ref))
+            elif etype == "subject.erased":
+                erased.append((idx, ref))
+            elif etype == "key.registered" or etype == "key.rotated":
+                keys.append({"key_id": body["key_id"], "identity": body["identity"], "role": body["role"],
+                             "public_key": body["public_key"], "registered_idx": idx, "revoked_idx": None})  # fmt: skip
+                if etype == "key.rotated":
+                    revoked.append((body["replaces"], idx))
+            idx += 1
+        self.entries, self.events, self.consents, self.new_subjects = entries, events, consents, new_subjects
+        self.keys, self.revoked, self.erasure, self.erased = keys, revoked, erasure, erased
+        self.built = True
+
+
+class _Writer:
+    """Runs write(sql, rows) in a thread; join() returns (result, exception)."""
+
+    def __init__(self, write, sql: "_Sql", rows: _BatchRows):
+        self.rows = rows
+        self._result = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(write, sql, rows), name="ledger-append-writer")
+        self._thread.start()
+
+    def _run(self, write, sql, rows) -> None:
+        try:
+            self._result = write(sql, rows)
+        except BaseException as exc:  # handed to the appending thread
+            self._error = exc
+
+    def join(self):
+        self._thread.join()
+        return self._result, self._error
 
 
 class _Sql:
@@ -569,6 +645,18 @@ def _key_id_hint(data: bytes) -> str | None:
         return data[begin:end].decode("ascii") if end > 0 else None
     except UnicodeDecodeError:
         return None
+
+
+def _inline_verdict(entry: SignedEntry, key: KeyRecord) -> int:
+    """signature_verdict(entry, key), with the signed message cut from the canonical bytes (consent.sigcheck)."""
+    cut = sigcheck.split_signature(entry.data)
+    if cut is None or cut[0] != entry.key_id:
+        return signature_verdict(entry, key)
+    try:
+        sig = base64.b64decode(cut[1], validate=True)
+    except (binascii.Error, ValueError):
+        return SIGNATURE_NOT_BASE64
+    return SIGNATURE_OK if sigcheck.public_key(key.public_key, key._public).verify(sig, cut[2]) else SIGNATURE_BAD
 
 
 def _cancel(pending: sigcheck.Pending | None) -> None:

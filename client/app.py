@@ -1,0 +1,137 @@
+"""The ClientApp a partner runs: load eligible rows -> train privately -> return arrays, metrics and manifest part.
+
+``app`` (the ``clientapp`` component of the Flower App) finds its ledger and data from the node / run config;
+``make_client_app(ledger=..., data=...)`` builds the same app around given objects (simulation and tests).
+
+Messages:
+* train    -- arrays = global model, config = ``RoundConfig``; reply: arrays, metrics, manifest.
+* evaluate -- the same request; reply: metrics of the global model on the partner's local evaluation rows.
+* query    -- preflight: reply ``readiness`` (eligible count at the checkpoint, feature schema, epsilon spent).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.data import EligibleRows, PartnerData, feature_schema_digest, load_eligible_rows
+from client.eligibility import Ledger
+from client.manifest import code_hash, manifest_part
+from client.partner import Partner, resolve_partner
+from client.privacy import PrivateRound, noise_plan, spent_so_far, train_privately
+from client.protocol import (
+    ARRAYS,
+    CONFIG,
+    EPSILON,
+    MANIFEST,
+    METRICS,
+    NUM_EXAMPLES,
+    READINESS,
+    RoundConfig,
+    arrays_to_record,
+    record_to_arrays,
+)
+from models.nets import ChurnLTVNet, get_weights, set_weights, weight_names
+from models.train import predict
+
+
+def make_client_app(ledger: Ledger | None = None, data: PartnerData | None = None) -> ClientApp:
+    """A ClientApp bound to ``ledger`` and ``data`` (each ``None`` = take it from the node / run config)."""
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        job = RoundConfig.from_record(msg.content[CONFIG])
+        partner = resolve_partner(context, ledger, data)
+        rows = load_eligible_rows(partner.ledger, partner.data, partner.partner_id, job)
+        model = global_model(msg.content[ARRAYS], rows.n_features, job)
+        spent = train_privately(model, rows.train, job, context.state, partner.state_dir)
+        part = manifest_part(partner.partner_id, job, rows, spent)
+        return reply(msg, arrays=model_arrays(model), metrics=train_metrics(spent), manifest=part.to_record())
+
+    @client_app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        job = RoundConfig.from_record(msg.content[CONFIG])
+        partner = resolve_partner(context, ledger, data)
+        rows = load_eligible_rows(partner.ledger, partner.data, partner.partner_id, job)
+        model = global_model(msg.content[ARRAYS], rows.n_features, job)
+        return reply(msg, metrics=evaluation_metrics(model, rows))
+
+    @client_app.query()
+    def query(msg: Message, context: Context) -> Message:
+        job = RoundConfig.from_record(msg.content[CONFIG])
+        partner = resolve_partner(context, ledger, data)
+        rows = load_eligible_rows(partner.ledger, partner.data, partner.partner_id, job)
+        return reply(msg, readiness=readiness(partner, rows, job, context))
+
+    return client_app
+
+
+def global_model(record: ArrayRecord, n_features: int, job: RoundConfig) -> ChurnLTVNet:
+    """The network the server sent, rebuilt locally; a wrong shape raises (the round then fails for this node)."""
+    torch.set_num_threads(1)  # several partners share a host in simulation and tests
+    model = ChurnLTVNet(n_features, hidden=job.hidden)
+    set_weights(model, record_to_arrays(record))
+    return model
+
+
+def model_arrays(model: ChurnLTVNet) -> ArrayRecord:
+    return arrays_to_record(weight_names(model), get_weights(model))
+
+
+def train_metrics(spent: PrivateRound) -> MetricRecord:
+    return MetricRecord(
+        {
+            NUM_EXAMPLES: int(spent.report.n_rows),
+            EPSILON: spent.epsilon,
+            "epsilon-round": spent.epsilon_round,
+            "train-loss": float(spent.report.final_loss),
+            "steps": int(spent.report.steps),
+        }
+    )
+
+
+def evaluation_metrics(model: ChurnLTVNet, rows: EligibleRows) -> MetricRecord:
+    """Headline metrics on the local evaluation rows; a metric undefined on them (one class only) is left out."""
+    table = rows.evaluation
+    n = int(np.asarray(table.X).shape[0])
+    metrics: dict[str, float] = {}
+    if n:
+        from models.metrics import evaluate as evaluate_predictions  # scipy + sklearn: only evaluation needs them
+
+        churn_prob, ltv_pred = predict(model, table.X)
+        try:
+            metrics = evaluate_predictions(table.churn, churn_prob, table.ltv, ltv_pred)
+        except ValueError:
+            metrics = {}
+    finite = {k: float(v) for k, v in metrics.items() if k != "n" and np.isfinite(v)}
+    return MetricRecord({NUM_EXAMPLES: n, **finite})
+
+
+def readiness(partner: Partner, rows: EligibleRows, job: RoundConfig, context: Context) -> ConfigRecord:
+    """Preflight answer. Also calibrates (and keeps) this partner's noise, so round 1 starts at once."""
+    train_rows = int(np.asarray(rows.train.X).shape[0])
+    plan = noise_plan(context.state, train_rows, job) if train_rows else None
+    return ConfigRecord(
+        {
+            "partner-id": partner.partner_id,
+            "eligible-count": rows.eligible.count,
+            "eligible-root": rows.eligible.root,
+            "train-rows": train_rows,
+            "noise-multiplier": plan.noise_multiplier if plan else 0.0,
+            "sample-rate": plan.sample_rate if plan else 0.0,
+            "n-features": rows.n_features,
+            "feature-schema": feature_schema_digest(rows.feature_names),
+            "epsilon-spent": spent_so_far(context.state, job, partner.state_dir),
+            "code-hash": code_hash(),
+        }
+    )
+
+
+def reply(msg: Message, **records) -> Message:
+    return Message(RecordDict(records), reply_to=msg)
+
+
+app = make_client_app()

@@ -1,0 +1,100 @@
+"""The partner's link to the consent ledger: the two questions the ClientApp asks, answered by `consent/`.
+
+``ConsentLink`` implements ``client.eligibility.Ledger`` over a read-only ledger (a database URL: the embedded
+SQLite file or PostgreSQL) or the gRPC ``LedgerClient``. The partner's user ids never leave it: they are HMAC'd
+with the partner's own secret before the ledger is asked for their subject_refs.
+
+Named by URL in the node or run config, so each Flower process opens its own connection::
+
+    ledger-url = "py:client.consent_link:open_link?db=/abs/ledger.db&keys=/abs/keys&cap=10&job-epsilon=3"
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from client.eligibility import EligibleSet
+from consent.store.vault import user_hmac
+
+
+class ConsentLink:
+    def __init__(
+        self,
+        reader,
+        secrets: dict[str, bytes],
+        lifetime_epsilon: float | None = None,
+        job_epsilon: float = 0.0,
+        day: str | None = None,
+    ):
+        self.reader = reader
+        self.secrets = secrets
+        self.lifetime_epsilon = lifetime_epsilon
+        self.job_epsilon = job_epsilon
+        self.day = day
+
+    def eligible_subjects(self, partner_id: str, purpose: str, categories: Sequence[str], tree_size: int) -> EligibleSet:
+        found = self.reader.eligible_set(
+            partner_id, purpose, list(categories), tree_size=tree_size, day=self.day or dt.date.today().isoformat(),
+            lifetime_epsilon=self.lifetime_epsilon, job_epsilon=self.job_epsilon,
+        )  # fmt: skip
+        return EligibleSet(subject_refs=tuple(found.subject_refs), count=found.count, root=found.root.hex())
+
+    def subject_refs_for(self, partner_id: str, user_ids: Sequence[str]) -> dict[str, str]:
+        secret = self.secrets.get(partner_id)
+        if secret is None:
+            raise KeyError(f"no HMAC secret for partner {partner_id!r} (expected {partner_id}.hmac in the keys dir)")
+        by_hmac = {user_hmac(secret, str(u)): u for u in user_ids}
+        found = self.reader.subject_refs(partner_id, list(by_hmac), create=False)
+        return {by_hmac[h]: ref for h, ref in found.items()}
+
+
+def load_secrets(keys_dir: str | Path) -> dict[str, bytes]:
+    return {p.stem: bytes.fromhex(p.read_text().strip()) for p in Path(keys_dir).glob("*.hmac")}
+
+
+def link_url(db: str, keys_dir: str, lifetime_epsilon: float | None = None, job_epsilon: float = 0.0,
+             day: str | None = None) -> str:  # fmt: skip
+    query = f"db={db}&keys={keys_dir}&job-epsilon={job_epsilon}"
+    if lifetime_epsilon is not None:
+        query += f"&cap={lifetime_epsilon}"
+    if day:
+        query += f"&day={day}"
+    return f"py:client.consent_link:open_link?{query}"
+
+
+def open_link(url: str) -> ConsentLink:
+    from consent.ledger import LedgerReader
+
+    query = {k: v[0] for k, v in parse_qs(url.split("?", 1)[1] if "?" in url else "").items()}
+    if "db" not in query or "keys" not in query:
+        raise ValueError(f"ledger URL {url!r} needs db=... and keys=...")
+    cap = float(query["cap"]) if "cap" in query else None
+    return ConsentLink(
+        LedgerReader.open_readonly(query["db"]), load_secrets(query["keys"]), lifetime_epsilon=cap,
+        job_epsilon=float(query.get("job-epsilon", 0.0)), day=query.get("day"),
+    )  # fmt: skip
+
+
+class LinkByURL:
+    """A picklable stand-in for ConsentLink: opened on first use in whichever process (Ray actor) it lands in."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._link: ConsentLink | None = None
+
+    def __getstate__(self):
+        return {"url": self.url, "_link": None}
+
+    def _open(self) -> ConsentLink:
+        if self._link is None:
+            self._link = open_link(self.url)
+        return self._link
+
+    def eligible_subjects(self, partner_id: str, purpose: str, categories: Sequence[str], tree_size: int) -> EligibleSet:
+        return self._open().eligible_subjects(partner_id, purpose, categories, tree_size)
+
+    def subject_refs_for(self, partner_id: str, user_ids: Sequence[str]) -> dict[str, str]:
+        return self._open().subject_refs_for(partner_id, user_ids)

@@ -1,0 +1,63 @@
+"""Which partner this node is, and where its ledger and its data are, from the Flower context.
+
+Precedence: objects handed to ``make_client_app`` (simulation, tests) > the node config (``--node-config`` of the
+partner's SuperNode: its own settings) > the run config (``[tool.flwr.app.config]`` / ``--run-config``).
+
+Node config keys: ``partner-id`` (else ``partition-id`` indexes the partner list), ``ledger-url``, ``state-dir``
+(where the partner keeps its privacy spend across SuperNode restarts).
+Run config keys: ``ledger-url``, ``partners`` (comma-separated), ``users-per-platform``, ``data-seed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flwr.app import Context
+
+from client.data import DEFAULT_PLATFORMS, PartnerData, SyntheticPlatforms
+from client.eligibility import Ledger, open_ledger
+
+
+@dataclass(frozen=True)
+class Partner:
+    partner_id: str
+    ledger: Ledger
+    data: PartnerData
+    state_dir: str | None = None
+
+
+def resolve_partner(context: Context, ledger: Ledger | None = None, data: PartnerData | None = None) -> Partner:
+    data = data if data is not None else data_from_config(context)
+    return Partner(
+        partner_id=partner_id_of(context, data),
+        ledger=ledger or ledger_from_config(context),
+        data=data,
+        state_dir=str(context.node_config.get("state-dir", "")) or None,
+    )
+
+
+def partner_id_of(context: Context, data: PartnerData) -> str:
+    node = context.node_config
+    if "partner-id" in node:
+        return str(node["partner-id"])
+    if "partition-id" not in node:
+        raise KeyError("node config has neither partner-id nor partition-id")
+    index = int(node["partition-id"])
+    if not 0 <= index < len(data.partners):
+        raise KeyError(f"partition-id {index} but only {len(data.partners)} partners: {list(data.partners)}")
+    return data.partners[index]
+
+
+def ledger_from_config(context: Context) -> Ledger:
+    url = context.node_config.get("ledger-url") or context.run_config.get("ledger-url") or ""
+    return open_ledger(str(url))
+
+
+def data_from_config(context: Context) -> PartnerData:
+    run = context.run_config
+    partners = str(run.get("partners", "")).strip()
+    return SyntheticPlatforms(
+        partners=tuple(p.strip() for p in partners.split(",") if p.strip()) or DEFAULT_PLATFORMS,
+        users_per_platform=int(run.get("users-per-platform", SyntheticPlatforms.users_per_platform)),
+        seed=int(run.get("data-seed", SyntheticPlatforms.seed)),
+    )

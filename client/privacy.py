@@ -1,0 +1,230 @@
+"""DP-SGD for one round, budgeted for the whole job, with the partner's spend carried across rounds.
+
+The job states a target (epsilon, delta) for the whole job. A partner calibrates its noise once for
+``num_rounds * local_epochs`` epochs at its own sample rate ``q = 1 / ceil(n / batch_size)`` so that taking part in
+every round spends at most the target; the steps actually taken are kept in the node's ``Context.state`` as
+``(noise_multiplier, sample_rate, steps)`` segments and composed by the accountant. A round that would take the
+partner past the target is refused before any row is touched.
+
+The noise seed is drawn from the OS per round: a seed the server could derive would let it subtract the noise.
+
+A SuperNode's ``Context.state`` lives as long as its process; with ``state_dir`` (the partner's ``state-dir`` node
+config) the spend is also written to ``<state_dir>/<job_id>.privacy.json`` and read back after a restart, so a
+partner that crashed and rejoined does not start counting from zero.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ConfigRecord, RecordDict
+
+from client.data import FeatureRows
+from client.protocol import RoundConfig
+from opacus.accountants.utils import get_noise_multiplier
+
+from models.train import DPConfig, TrainReport, make_accountant, train
+
+STATE_KEY = "privacy"
+EPSILON_SLACK = 1e-6  # the calibrated sigma spends <= target; this only absorbs float noise in the accountant
+# RDP orders used for calibration and the budget check: integers only, which Opacus computes in closed form (tens
+# of ms instead of seconds for its default 150 mostly fractional orders). Fewer orders can only make the computed
+# epsilon larger, so the epsilon Opacus reports with all its orders stays <= the target.
+RDP_ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256)
+
+
+class BudgetExceeded(RuntimeError):
+    """Training this round would spend more than the job's target epsilon."""
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """Noise and sampling for this partner in this job (the same in every round: the eligible set is fixed)."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class PrivateRound:
+    """What one round of private training did and what the partner has spent in the job so far."""
+
+    report: TrainReport
+    plan: NoisePlan
+    epsilon: float  # cumulative over all rounds this partner trained in this job
+    epsilon_round: float
+    rounds_trained: int
+
+
+def noise_plan(state: RecordDict, n_rows: int, job: RoundConfig) -> NoisePlan:
+    """This partner's plan for ``job``, computed once and kept in the node state (calibrating sigma is a binary
+    search over the accountant and takes seconds; preflight computes it so round 1 does not have to)."""
+    record = _job_record(state, job.job_id) or ConfigRecord({"job-id": job.job_id, "rounds": 0})
+    if record.get("plan-rows") != n_rows:
+        plan = plan_noise(n_rows, job)
+        record.update(
+            {
+                "plan-rows": n_rows,
+                "plan-noise-multiplier": plan.noise_multiplier,
+                "plan-sample-rate": plan.sample_rate,
+                "plan-steps-per-round": plan.steps_per_round,
+                "plan-batch-size": plan.batch_size,
+            }
+        )
+        state[STATE_KEY] = record
+    return NoisePlan(
+        noise_multiplier=float(record["plan-noise-multiplier"]),
+        sample_rate=float(record["plan-sample-rate"]),
+        steps_per_round=int(record["plan-steps-per-round"]),
+        batch_size=int(record["plan-batch-size"]),
+    )
+
+
+def plan_noise(n_rows: int, job: RoundConfig) -> NoisePlan:
+    """Noise multiplier so that ``num_rounds * local_epochs`` epochs over ``n_rows`` spend ``job.target_epsilon``."""
+    if n_rows <= 0:
+        raise ValueError("no eligible rows to train on")
+    batch_size = max(1, min(job.batch_size, n_rows))
+    steps_per_epoch = math.ceil(n_rows / batch_size)
+    steps_per_round = job.local_epochs * steps_per_epoch
+    sample_rate = 1.0 / steps_per_epoch
+    sigma = get_noise_multiplier(
+        target_epsilon=job.target_epsilon,
+        target_delta=job.delta,
+        sample_rate=sample_rate,
+        steps=job.num_rounds * steps_per_round,
+        accountant=job.accountant,
+        **_orders(job),
+    )
+    return NoisePlan(float(sigma), sample_rate, steps_per_round, batch_size)
+
+
+def spent_so_far(state: RecordDict, job: RoundConfig, state_dir: str | None = None) -> float:
+    """Epsilon this partner has spent in ``job`` (0 before its first round)."""
+    _restore(state, job.job_id, state_dir)
+    return epsilon_of(_history(state, job.job_id), job)
+
+
+def epsilon_of(history: list[tuple[float, float, int]], job: RoundConfig) -> float:
+    """Epsilon of ``(noise_multiplier, sample_rate, steps)`` segments, composed (0 for none)."""
+    if not history:
+        return 0.0
+    accountant = make_accountant(job.accountant)
+    accountant.history = list(history)
+    return float(accountant.get_epsilon(delta=job.delta, **_orders(job)))
+
+
+def _orders(job: RoundConfig) -> dict:
+    return {"alphas": list(RDP_ORDERS)} if job.accountant == "rdp" else {}
+
+
+def train_privately(
+    model, rows: FeatureRows, job: RoundConfig, state: RecordDict, state_dir: str | None = None
+) -> PrivateRound:
+    """Train ``model`` in place on ``rows`` with DP-SGD; refuse if the job's budget would be exceeded."""
+    _restore(state, job.job_id, state_dir)
+    plan = noise_plan(state, int(rows.X.shape[0]), job)
+    history = _history(state, job.job_id)
+    segment = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+    projected = epsilon_of(history + [segment], job)
+    if projected > job.target_epsilon + EPSILON_SLACK:
+        raise BudgetExceeded(
+            f"round {job.server_round} would bring epsilon to {projected:.4f} > target {job.target_epsilon} "
+            f"(job {job.job_id}, {len(history)} round(s) already trained)"
+        )
+    accountant = make_accountant(job.accountant)
+    accountant.history = list(history)
+    report = train(
+        model,
+        rows.X,
+        rows.churn,
+        rows.ltv,
+        epochs=job.local_epochs,
+        batch_size=plan.batch_size,
+        lr=job.lr,
+        dp=DPConfig(
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=job.max_grad_norm,
+            delta=job.delta,
+            accountant=job.accountant,
+        ),
+        seed=secrets.randbits(31),
+        accountant=accountant,
+    )
+    rounds_trained = _rounds(state, job.job_id) + 1
+    history = [tuple(h) for h in accountant.history]
+    _save_history(state, job.job_id, history, rounds_trained)
+    _persist(state, job.job_id, state_dir)
+    # Reported with the same orders as the budget check, so the number a partner reports is the one it enforces.
+    return PrivateRound(
+        report=report,
+        plan=plan,
+        epsilon=epsilon_of(history, job),
+        epsilon_round=epsilon_of([(plan.noise_multiplier, plan.sample_rate, report.steps)], job),
+        rounds_trained=rounds_trained,
+    )
+
+
+def _job_record(state: RecordDict, job_id: str) -> ConfigRecord | None:
+    record = state.config_records.get(STATE_KEY)
+    return record if record is not None and record.get("job-id") == job_id else None
+
+
+def _rounds(state: RecordDict, job_id: str) -> int:
+    record = _job_record(state, job_id)
+    return int(record["rounds"]) if record is not None else 0
+
+
+def _history(state: RecordDict, job_id: str) -> list[tuple[float, float, int]]:
+    # Opacus merges consecutive identical (sigma, q) segments, so this is not one entry per round.
+    record = _job_record(state, job_id)
+    if record is None or "steps" not in record:
+        return []
+    return [
+        (float(s), float(q), int(n))
+        for s, q, n in zip(record["noise-multipliers"], record["sample-rates"], record["steps"])
+    ]
+
+
+def _save_history(state: RecordDict, job_id: str, history: list[tuple[float, float, int]], rounds: int) -> None:
+    record = _job_record(state, job_id) or ConfigRecord({"job-id": job_id})
+    record.update(
+        {
+            "rounds": rounds,
+            "noise-multipliers": [float(h[0]) for h in history],
+            "sample-rates": [float(h[1]) for h in history],
+            "steps": [int(h[2]) for h in history],
+        }
+    )
+    state[STATE_KEY] = record
+
+
+def _spend_file(state_dir: str, job_id: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job_id)
+    return Path(state_dir) / f"{safe}.privacy.json"
+
+
+def _restore(state: RecordDict, job_id: str, state_dir: str | None) -> None:
+    held = _job_record(state, job_id)
+    if not state_dir or (held is not None and "steps" in held):
+        return
+    path = _spend_file(state_dir, job_id)
+    if path.exists():
+        state[STATE_KEY] = ConfigRecord(json.loads(path.read_text()))
+
+
+def _persist(state: RecordDict, job_id: str, state_dir: str | None) -> None:
+    if not state_dir:
+        return
+    path = _spend_file(state_dir, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(_job_record(state, job_id))))
+    os.replace(tmp, path)  # a crash mid-write must not lose what was already spent

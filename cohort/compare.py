@@ -1,0 +1,56 @@
+"""The demo's closing table: the federated DP model against what each partner could do alone, and a pooled
+centralized model (the ceiling no partner could build without sharing raw data), on each partner's held-out
+eligible users."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from client.consent_link import ConsentLink
+from client.data import EligibleRows, load_eligible_rows
+from client.protocol import record_to_arrays
+from models.metrics import evaluate
+from models.nets import ChurnLTVNet, set_weights
+from models.train import DPConfig, predict, train
+from server.runner import JobResult
+
+
+def partner_rows(link: ConsentLink, data, result: JobResult) -> dict[str, EligibleRows]:
+    config = result.job.round_config(1)
+    return {p: load_eligible_rows(link, data, p, config) for p in data.partners}
+
+
+def federated_model(result: JobResult, n_features: int) -> ChurnLTVNet:
+    job = result.job
+    model = ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)
+    set_weights(model, record_to_arrays(result.arrays))
+    return model
+
+
+def _fresh(job, n_features: int, seed: int) -> ChurnLTVNet:
+    torch.manual_seed(seed)
+    return ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)
+
+
+def comparison(result: JobResult, rows: dict[str, EligibleRows], epochs: int = 12) -> list[dict]:
+    """One row per (partner, model): churn AUC, LTV Gini, decile MAPE on that partner's evaluation users."""
+    job = result.job
+    n_features = next(iter(rows.values())).n_features
+    fed = federated_model(result, n_features)
+    pooled_X = np.concatenate([r.train.X for r in rows.values()])
+    pooled_c = np.concatenate([r.train.churn for r in rows.values()])
+    pooled_l = np.concatenate([r.train.ltv for r in rows.values()])
+    central = _fresh(job, n_features, 1)
+    train(central, pooled_X, pooled_c, pooled_l, epochs=epochs, batch_size=job.batch_size, lr=job.lr, seed=1)
+    out = []
+    for partner, r in rows.items():
+        local = _fresh(job, n_features, 2)
+        dp = DPConfig(target_epsilon=job.target_epsilon, delta=job.delta, max_grad_norm=job.max_grad_norm)
+        train(local, r.train.X, r.train.churn, r.train.ltv, epochs=epochs, batch_size=job.batch_size, lr=job.lr,
+              dp=dp, seed=2)  # fmt: skip
+        for name, model in (("federated, DP", fed), ("local only, DP", local), ("centralized, no DP", central)):
+            churn_prob, ltv_pred = predict(model, r.evaluation.X)
+            m = evaluate(r.evaluation.churn, churn_prob, r.evaluation.ltv, ltv_pred)
+            out.append({"partner": partner, "model": name, "n": len(r.evaluation.churn), **m})
+    return out

@@ -1,0 +1,213 @@
+"""The aggregation strategy: a Flower strategy (FedAvg by default) behind a guard that makes a round safe to close.
+
+``GuardedStrategy`` wraps any of Flower's FedAvg-family strategies and, around the wrapped one:
+
+* sends each round to every connected partner (waiting at most the round timeout for ``min_partners``), with a
+  message TTL equal to the round timeout, so a late partner does not work on a closed round;
+* screens train replies (``server.screening``): NaN/Inf, wrong shapes, over-budget epsilon, a manifest part that
+  does not describe this round -- refused and logged, never aggregated;
+* closes the round with the partners that answered usably if at least ``min_partners`` did, else stops the job
+  with ``NotEnoughPartners``;
+* reports epsilon as the MAX over partners (a weighted mean would understate the worst case);
+* builds the round manifest and hands it to ``on_round``.
+
+``Strategy.start(..., timeout=job.round_timeout_s)`` is what bounds each round in time: Flower's
+``grid.send_and_receive`` returns at the timeout with whatever replies arrived.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
+
+from client.protocol import ARRAYS, CONFIG, EPSILON, METRICS, NUM_EXAMPLES
+from server.job import Job, NotEnoughPartners
+from server.manifests import RoundManifest, round_manifest
+from server.partners import connected_partners, messages_to
+from server.screening import ArrayShapes, replying_node, screen_train_replies, shapes_of
+
+log = logging.getLogger(__name__)
+
+MAX_KEYS = frozenset({EPSILON, "epsilon-round"})
+
+
+def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Weighted mean of each train metric, except epsilon: the max over partners."""
+    return _aggregate([next(iter(r.metric_records.values())) for r in records], weighted_by_key)
+
+
+def _aggregate(metric_records: list[MetricRecord], weighted_by_key: str) -> MetricRecord:
+    out = MetricRecord()
+    keys = sorted({k for m in metric_records for k in m if k != weighted_by_key})
+    for key in keys:
+        pairs = [(float(m[key]), float(m[weighted_by_key])) for m in metric_records if key in m]
+        if key in MAX_KEYS:
+            out[key] = max(v for v, _ in pairs)
+            continue
+        total = sum(w for _, w in pairs)
+        if total > 0:
+            out[key] = sum(v * w for v, w in pairs) / total
+    out[weighted_by_key] = sum(float(m[weighted_by_key]) for m in metric_records)
+    return out
+
+
+def build_strategy(job: Job) -> FedAvg:
+    """The Flower strategy named by ``job.strategy``; every partner takes part in every round."""
+    common = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": job.min_partners,
+        "min_evaluate_nodes": job.min_partners,
+        "min_available_nodes": job.min_partners,
+        "weighted_by_key": NUM_EXAMPLES,
+        "arrayrecord_key": ARRAYS,
+        "configrecord_key": CONFIG,
+        "train_metrics_aggr_fn": aggregate_train_metrics,
+    }
+    if job.strategy == "fedavg":
+        return FedAvg(**common)
+    if job.strategy == "fedmedian":
+        return FedMedian(**common)
+    if job.strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=job.trim_beta)
+    if job.strategy == "krum":
+        return Krum(**common, num_malicious_nodes=job.krum_byzantine)
+    raise ValueError(f"unknown strategy {job.strategy!r}")
+
+
+class GuardedStrategy(Strategy):
+    """A Flower strategy that screens updates, bounds rounds in time and produces round manifests."""
+
+    def __init__(
+        self,
+        inner: FedAvg,
+        job: Job,
+        partner_of_node: Mapping[int, str] | None = None,
+        on_round: Callable[[RoundManifest], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.job = job
+        self.partner_of_node = dict(partner_of_node or {})
+        self.on_round = on_round
+        self.manifests: list[RoundManifest] = []
+        self._sent: dict[int, list[Message]] = {}
+        self._global: dict[int, ArrayRecord] = {}
+        self._reference: ArrayShapes = {}
+
+    def summary(self) -> None:
+        log.info(
+            "job %s: %s, %d round(s), min %d partner(s), round timeout %g s, target epsilon %g (delta %g)",
+            self.job.job_id,
+            type(self.inner).__name__,
+            self.job.rounds,
+            self.job.min_partners,
+            self.job.round_timeout_s,
+            self.job.target_epsilon,
+            self.job.delta,
+        )
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = connected_partners(grid, self.job.min_partners, self.job.round_timeout_s, what=f"round {server_round}")
+        self._global[server_round] = arrays
+        self._reference = shapes_of(arrays)
+        # Kept: the grid gives each message its id when it sends it, and replies refer to that id.
+        self._sent[server_round] = self._messages(server_round, nodes, arrays, config, MessageType.TRAIN)
+        return self._sent[server_round]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        sent = self._sent.pop(server_round, [])
+        node_of_message = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent}
+        screened = screen_train_replies(
+            replies, self._reference, self.job, server_round, self.partner_of_node, node_of_message
+        )
+        answered = {replying_node(m, node_of_message) for m in replies}
+        missing = [n for n in node_of_message.values() if n not in answered]
+        for node in missing:
+            log.warning(
+                "round %d: node %d (partner %s) did not answer within %g s",
+                server_round,
+                node,
+                self.partner_of_node.get(node, "?"),
+                self.job.round_timeout_s,
+            )
+        accepted = screened.accepted
+        if len(accepted) < self.job.min_partners:
+            raise NotEnoughPartners(
+                f"job {self.job.job_id} stopped in round {server_round}: {len(accepted)} usable update(s), "
+                f"need at least {self.job.min_partners} (refused: {[r.to_dict() for r in screened.refused]}, "
+                f"failed: {[r.to_dict() for r in screened.failed]}, no answer from nodes {missing})"
+            )
+        parts = [u.part for u in accepted]
+        arrays, metrics = self.inner.aggregate_train(server_round, [u.message for u in accepted])
+        if arrays is None:
+            raise NotEnoughPartners(f"job {self.job.job_id}: round {server_round} aggregated to nothing")
+        if metrics is not None:
+            # Robust strategies aggregate metrics over the updates they selected; the job's spend is everyone's.
+            metrics[EPSILON] = max(p.epsilon for p in parts)
+        manifest = round_manifest(
+            self.job,
+            server_round,
+            parts,
+            screened.refused,
+            screened.failed,
+            missing,
+            self._global.pop(server_round),
+            arrays,
+        )
+        self.manifests.append(manifest)
+        log.info(
+            "round %d closed: %d partner(s) %s, epsilon max %.4f, %d refused, %d failed, %d missing",
+            server_round,
+            len(parts),
+            sorted(p.partner_id for p in parts),
+            manifest.epsilon_max,
+            len(screened.refused),
+            len(screened.failed),
+            len(missing),
+        )
+        if self.on_round is not None:
+            self.on_round(manifest)
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        every = self.job.evaluate_every
+        if every == 0 or (server_round % every and server_round != self.job.rounds):
+            return []
+        nodes = sorted(grid.get_node_ids())
+        return self._messages(server_round, nodes, arrays, config, MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Weighted mean of each metric over the partners that reported it; evaluation never stops a job."""
+        usable = []
+        for msg in replies:
+            if msg.has_error():
+                log.warning("round %d: evaluation failed on node %d: %s", server_round, msg.metadata.src_node_id,
+                            msg.error.reason)
+                continue
+            metrics = msg.content.metric_records.get(METRICS)
+            n = metrics.get(NUM_EXAMPLES) if metrics is not None else None
+            if not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+                continue
+            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
+                usable.append(metrics)
+        return _aggregate(usable, NUM_EXAMPLES) if usable else None
+
+    def _messages(
+        self, server_round: int, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, message_type: str
+    ) -> list[Message]:
+        config["server-round"] = server_round
+        content = RecordDict({ARRAYS: arrays, CONFIG: config})
+        return messages_to(nodes, content, message_type, ttl_s=self.job.round_timeout_s)

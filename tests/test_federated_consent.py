@@ -1,0 +1,148 @@
+"""End to end on a real Flower simulation: only consenting subjects reach training, manifests verify against the
+ledger, a withdrawal before the checkpoint is provably honoured, and the budget preflight refuses an over-budget job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from rich.console import Console
+
+from client.consent_link import open_link
+from client.data import SyntheticPlatforms, _is_evaluation
+from client.manifest import data_hash
+from client.data import load_eligible_rows
+from cohort.demo import run_demo
+from cohort.demo_world import CATEGORIES, PURPOSE, build_world, record_consents
+from consent.audit import audit_rounds
+from consent.eligibility import prove_absent, verify_absent
+from consent.ledger import LedgerReader
+from consent.verify import verify_ledger
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return run_demo(out, users_per_platform=500, rounds=2, epsilon=3.0, seed=3, console=Console(quiet=True))
+
+
+def test_demo_runs_audits_and_verifies(demo):
+    assert demo.verify_ok and demo.audit_ok
+    assert len(demo.result.manifests) == 2
+    assert all(0 < eps <= 3.0 + 1e-6 for eps in demo.result.epsilon_by_partner.values())
+    assert {r["model"] for r in demo.comparison} == {"federated, DP", "local only, DP", "centralized, no DP"}
+    assert verify_ledger(str(demo.out / "ledger.db"), workers=0).ok
+
+
+def test_only_consenting_subjects_reach_training(demo):
+    """The manifest's data hash covers the exact rows trained on; rebuild them from the users' own choices."""
+    reader = LedgerReader.open_readonly(str(demo.out / "ledger.db"))
+    secrets = open_link(f"py:x?db={demo.out / 'ledger.db'}&keys={demo.out / 'keys'}").secrets
+    data = SyntheticPlatforms(users_per_platform=500, seed=3)
+    from consent.store.vault import user_hmac
+
+    for manifest in demo.result.manifests:
+        for part in manifest.partners:
+            table = data.features(part.partner_id, tuple(sorted(CATEGORIES)))
+            users = [str(u) for u in table.user_ids]
+            refs = reader.subject_refs(part.partner_id, [user_hmac(secrets[part.partner_id], u) for u in users])
+            # independently of the eligibility code: a user is usable iff their history's last decision is a
+            # consent.given naming the purpose and both categories, never withdrawn, never erased
+            allowed = []
+            for u in users:
+                ref = refs.get(user_hmac(secrets[part.partner_id], u))
+                if ref is None:
+                    continue  # erased: the mapping is gone
+                history = [e for i, e in reader.subject_history(ref) if i < manifest.tree_size]
+                standing = None
+                for e in history:
+                    if e["type"] == "consent.given":
+                        ok = PURPOSE in e["body"]["purposes"] and set(CATEGORIES) <= set(e["body"]["data_categories"])
+                        standing = e["body"]["consent_id"] if ok else None
+                    elif e["type"] == "consent.refused":
+                        standing = None
+                    elif e["type"] in ("consent.withdrawn", "subject.erasure_requested"):
+                        standing = None
+                if standing is not None:
+                    allowed.append(ref)
+            assert part.eligible_count == len(allowed)
+            rows = load_eligible_rows(open_link(_url(demo)), data, part.partner_id, manifest_config(demo, manifest))
+            assert set(rows.train_refs) <= set(allowed)
+            assert set(rows.train_refs) == {r for r in allowed if not _is_evaluation(r, demo.result.job.eval_fraction)}
+            assert data_hash(rows) == part.data_hash, "the client trained on rows other than the consenting ones"
+    reader.close()
+
+
+def manifest_config(demo, manifest):
+    return demo.result.job.round_config(manifest.server_round)
+
+
+def _url(demo) -> str:
+    from client.consent_link import link_url
+    from cohort.demo import LIFETIME_EPSILON
+
+    return link_url(str(demo.out / "ledger.db"), str(demo.out / "keys"), LIFETIME_EPSILON,
+                    demo.result.job.target_epsilon, dt.date.today().isoformat())  # fmt: skip
+
+
+def test_withdrawn_and_erased_subjects_are_provably_absent(demo):
+    reader = LedgerReader.open_readonly(str(demo.out / "ledger.db"))
+    report = audit_rounds(reader.store)
+    assert report.ok and len(report.rounds) == 2 * 3
+    assert all(r.matches and r.absent_proven > 0 for r in report.rounds)
+    # pick a withdrawn subject and check the proof by hand against the manifest's commitment
+    manifest = demo.result.manifests[-1]
+    part = manifest.partners[0]
+    withdrawn = [ref for ref, kind, *_ in reader.store.consent_events(part.partner_id, manifest.tree_size)
+                 if kind == "withdrawn"]  # fmt: skip
+    assert withdrawn
+    eligible = reader.eligible_set(part.partner_id, PURPOSE, CATEGORIES, manifest.tree_size, lifetime_epsilon=10.0,
+                                   job_epsilon=3.0)  # fmt: skip
+    proof = prove_absent(eligible, withdrawn[0])
+    assert verify_absent(proof, bytes.fromhex(part.eligible_root), part.eligible_count)
+    reader.close()
+
+
+def test_budget_preflight_refuses_an_over_budget_job(demo):
+    """After the demo's job every subject has spent ~3 of 10; a job targeting 8 would take them over."""
+    from server.job import Job, PreflightError
+    from server.ledger_hooks import LedgerBinding
+    from consent.keys import Identity
+    from consent.ledger import Ledger
+
+    ledger = Ledger.open(str(demo.out / "ledger.db"), Identity.load(demo.out / "keys", "operator"))
+    binding = LedgerBinding(ledger, Identity.load(demo.out / "keys", "coordinator"), lifetime_epsilon=10.0)
+    job = Job(job_id="too-greedy", target_epsilon=8.0, rounds=1).fixed_at(ledger.tree_size())
+    for partner in ("content", "group_buy", "loyal"):
+        assert binding.eligible(job, partner).count == 0
+        assert binding.eligible(job, partner, capped=False).count > 0
+    greedy = Job(job_id="greedier", target_epsilon=12.0, rounds=1)
+    with pytest.raises(PreflightError, match="exceeds every subject's lifetime budget"):
+        binding.preflight(None, greedy, None)
+    ledger.close()
+
+
+def test_over_budget_job_is_refused_in_a_real_flower_preflight(demo):
+    from client.consent_link import LinkByURL, link_url
+    from consent.keys import Identity
+    from consent.ledger import Ledger
+    from server.job import Job, JobStopped
+    from server.ledger_hooks import LedgerBinding
+    from server.simulation import simulate_job
+
+    ledger = Ledger.open(str(demo.out / "ledger.db"), Identity.load(demo.out / "keys", "operator"))
+    size_before = ledger.tree_size()
+    binding = LedgerBinding(ledger, Identity.load(demo.out / "keys", "coordinator"), lifetime_epsilon=10.0)
+    job = Job(job_id="second-job", target_epsilon=8.0, rounds=1, preflight_timeout_s=60.0)
+    url = link_url(str(demo.out / "ledger.db"), str(demo.out / "keys"), 10.0, 8.0, binding.day)
+    with pytest.raises(JobStopped) as err:
+        simulate_job(job, 3, ledger=LinkByURL(url), data=SyntheticPlatforms(users_per_platform=500, seed=3),
+                     hooks=binding.hooks())  # fmt: skip
+    assert "second-job" in str(err.value)
+    started = [d for _, d in ledger.store.find_by_type("job.started") if b"second-job" in d]
+    assert started == [], "a refused job must not be recorded as started"
+    assert ledger.tree_size() == size_before
+    ledger.close()
