@@ -1,0 +1,288 @@
+"""One training loop for the churn/LTV network, with or without DP-SGD; privacy is configuration, not a second loop.
+
+``train(model, X, churn, ltv, ...)`` trains ``model`` in place (warm start: set the global weights first with
+``nets.set_weights``) and returns a ``TrainReport``. With ``dp=DPConfig(...)`` the same loop runs under Opacus:
+Poisson sampling of each batch (every row independently with rate ``q = batch_size / n``), per-example gradients
+clipped to ``max_grad_norm``, Gaussian noise of std ``noise_multiplier * max_grad_norm`` added to their sum, and the
+steps recorded by an accountant. One row is one user, so the guarantee is user-level within a partner.
+
+Composing federated rounds (one accountant per partner, kept across rounds and jobs)::
+
+    accountant = make_accountant("rdp")                  # or restore: accountant.load_state_dict(saved)
+    sigma = noise_for_budget(target_epsilon=3, delta=1e-5,
+                             sample_rate=batch_size / n_rows, steps=rounds * steps_per_round)
+    for each round:
+        set_weights(model, global_arrays)
+        report = train(model, X, churn, ltv, epochs=local_epochs, batch_size=batch_size, lr=lr,
+                       dp=DPConfig(noise_multiplier=sigma), accountant=accountant)
+        report.epsilon          # cumulative epsilon of ALL steps this accountant has seen (all rounds)
+        report.epsilon_round    # epsilon of this call's steps alone
+        saved = accountant.state_dict()   # persist (its "history" is a plain list of (sigma, q, steps))
+
+``DPConfig(target_epsilon=...)`` instead calibrates sigma so that THIS call alone spends the target (one-shot,
+centralised training); a federated job should budget the whole job up front with ``noise_for_budget`` as above.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import IAccountant, create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch.utils.data import DataLoader, TensorDataset
+
+from models.nets import ChurnLTVLoss, ziln_expected_value
+
+DEFAULT_EPOCHS = 40
+DEFAULT_BATCH_SIZE = 512
+DEFAULT_LR = 3e-3
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """DP-SGD settings. Give exactly one of ``noise_multiplier`` or ``target_epsilon``.
+
+    ``max_grad_norm`` defaults to 20: with a ZILN head a clip of ~1 shrinks the predicted spend scale (the
+    log-normal location gradient is routinely > 1 per example); ~20 keeps it (see FACTS.md).
+    ``accountant`` is Opacus' "rdp" (Renyi DP, conservative) or "prv" (privacy random variables, tighter).
+    """
+
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    max_grad_norm: float = 20.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("DPConfig needs exactly one of noise_multiplier or target_epsilon")
+        if self.accountant not in ("rdp", "prv"):
+            raise ValueError(f"unknown accountant {self.accountant!r} (use 'rdp' or 'prv')")
+        if self.max_grad_norm <= 0 or not (0 < self.delta < 1):
+            raise ValueError("max_grad_norm must be > 0 and delta in (0, 1)")
+
+
+@dataclass
+class TrainReport:
+    """What one ``train`` call did. Privacy fields are ``None`` for non-private training."""
+
+    n_rows: int
+    epochs: int
+    steps: int
+    seconds: float
+    loss_history: list[float] = field(default_factory=list)  # mean training loss per epoch
+    epsilon: float | None = None  # cumulative over the accountant's whole history
+    epsilon_round: float | None = None  # this call's steps alone
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    max_grad_norm: float | None = None
+    sample_rate: float | None = None
+    accountant: str | None = None
+
+    @property
+    def final_loss(self) -> float:
+        return self.loss_history[-1] if self.loss_history else float("nan")
+
+
+def make_accountant(kind: str = "rdp") -> IAccountant:
+    """A fresh Opacus accountant ("rdp" or "prv") to keep per partner across rounds."""
+    return create_accountant(mechanism=kind)
+
+
+def noise_for_budget(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+) -> float:
+    """Noise multiplier sigma such that ``steps`` Poisson-sampled steps at rate ``sample_rate`` spend ``target_epsilon``."""
+    with warnings.catch_warnings():
+        # The binary search visits tiny sigmas whose best Renyi order is the largest one tried; Opacus warns about
+        # each. The sigma returned is checked against the accountant all the same.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+            )
+        )
+
+
+def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of a list of ``(noise_multiplier, sample_rate, steps)`` segments, composed."""
+    acc = make_accountant(accountant)
+    acc.history = [tuple(h) for h in history]
+    return float(acc.get_epsilon(delta=delta)) if history else 0.0
+
+
+def _as_tensor(a, dtype=torch.float32) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=dtype)
+
+
+def train(
+    model: torch.nn.Module,
+    X,
+    churn,
+    ltv,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lr: float = DEFAULT_LR,
+    dp: DPConfig | None = None,
+    seed: int = 0,
+    ltv_weight: float = 1.0,
+    weight_decay: float = 0.0,
+    lr_decay: bool = True,
+    accountant: IAccountant | None = None,
+    verbose: bool = False,
+) -> TrainReport:
+    """Train ``model`` in place on rows ``X`` [n, d] with targets ``churn`` (0/1) and ``ltv`` (holdout spend >= 0).
+
+    Adam on ``churn_ltv_loss`` (BCE + ``ltv_weight`` * ZILN), ``epochs`` passes of ``n / batch_size`` steps each,
+    the learning rate decaying from ``lr`` to 0 on a cosine over the call's steps (``lr_decay=False``: constant).
+    ``dp=None``: shuffled mini-batches. ``dp=DPConfig(...)``: Opacus DP-SGD with Poisson sampling at rate
+    ``batch_size / n`` and ghost clipping (per-example gradient norms without materialising per-example gradients;
+    the same clipped-and-noised update as Opacus' default hooks mode); ``accountant`` (optional, persistent)
+    receives the steps so rounds compose.
+    The RNG (initial shuffles, Poisson masks, DP noise) is seeded from ``seed`` and the global torch RNG is
+    restored afterwards.
+    """
+    X_t, churn_t, ltv_t = _check_rows(X, churn, ltv)
+    n = X_t.shape[0]
+    batch_size = max(1, min(int(batch_size), n))
+    report = TrainReport(n_rows=n, epochs=epochs, steps=0, seconds=0.0)
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # Opacus hooks make torch warn that a full backward hook fires with no input requiring grad (the first
+        # Linear's input); harmless here.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        torch.manual_seed(seed)
+        loader = DataLoader(TensorDataset(X_t, churn_t, ltv_t), batch_size=batch_size, shuffle=True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        criterion = ChurnLTVLoss(ltv_weight)
+        model.train()
+        net, engine = model, None
+        if dp is not None:
+            engine, net, optimizer, criterion, loader = _make_private(
+                model, optimizer, criterion, loader, dp, epochs, accountant
+            )
+            report.delta, report.max_grad_norm = dp.delta, dp.max_grad_norm
+            report.noise_multiplier, report.sample_rate = optimizer.noise_multiplier, 1.0 / len(loader)
+            report.accountant = engine.accountant.mechanism()
+        planned_steps = max(1, epochs * len(loader))
+        try:
+            for epoch in range(epochs):
+                total, count = 0.0, 0
+                for xb, cb, lb in loader:
+                    if lr_decay:
+                        # Cosine decay to 0: the last steps average the DP noise out instead of ending on it.
+                        factor = 0.5 * (1.0 + math.cos(math.pi * min(report.steps, planned_steps) / planned_steps))
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr * factor
+                    optimizer.zero_grad(set_to_none=True)
+                    churn_logit, ziln_logits = net(xb)
+                    loss = criterion(churn_logit, ziln_logits, cb, lb)
+                    # An empty Poisson batch has a NaN mean loss but no per-example gradients: the step adds pure
+                    # noise, as the accountant assumes.
+                    loss.backward()
+                    optimizer.step()
+                    report.steps += 1
+                    if xb.shape[0]:
+                        total += float(loss.detach()) * xb.shape[0]
+                        count += xb.shape[0]
+                report.loss_history.append(total / max(count, 1))
+                if verbose:
+                    print(f"  epoch {epoch + 1}/{epochs} loss {report.loss_history[-1]:.4f}", flush=True)
+        finally:
+            if net is not model:
+                net._close()  # drop Opacus hooks and per-example attributes; `model` keeps the trained weights
+    if engine is not None:
+        report.epsilon = float(engine.accountant.get_epsilon(delta=dp.delta))
+        report.epsilon_round = epsilon_of(
+            [(report.noise_multiplier, report.sample_rate, report.steps)], dp.delta, report.accountant
+        )
+    report.seconds = time.perf_counter() - started
+    model.eval()
+    return report
+
+
+def _check_rows(X, churn, ltv) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    X_t, churn_t, ltv_t = _as_tensor(X), _as_tensor(churn).reshape(-1), _as_tensor(ltv).reshape(-1)
+    n = X_t.shape[0]
+    if X_t.ndim != 2 or not (churn_t.shape[0] == ltv_t.shape[0] == n):
+        raise ValueError("X must be [n, d] and churn, ltv must have n rows")
+    if n == 0:
+        raise ValueError("no rows to train on")
+    if not torch.isfinite(X_t).all() or not torch.isfinite(ltv_t).all() or (ltv_t < 0).any():
+        raise ValueError("X and ltv must be finite and ltv >= 0")
+    return X_t, churn_t, ltv_t
+
+
+def _make_private(model, optimizer, criterion, loader, dp: DPConfig, epochs: int, accountant: IAccountant | None):
+    if accountant is not None and accountant.mechanism() != dp.accountant:
+        raise ValueError(f"accountant is {accountant.mechanism()!r} but DPConfig says {dp.accountant!r}")
+    with warnings.catch_warnings():
+        # Opacus warns that secure_mode (a CSPRNG for noise and sampling) is off: benchmarks and tests want seeded,
+        # reproducible runs; the accountant's guarantee is computed the same way.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant=dp.accountant)
+    if accountant is not None:
+        engine.accountant = accountant
+    if dp.noise_multiplier is not None:
+        sigma = float(dp.noise_multiplier)
+    else:  # what make_private_with_epsilon does, for ghost clipping too
+        sigma = noise_for_budget(dp.target_epsilon, dp.delta, 1.0 / len(loader), epochs * len(loader), dp.accountant)
+    net, optimizer, criterion, loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        criterion=criterion,
+        data_loader=loader,
+        noise_multiplier=sigma,
+        max_grad_norm=dp.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode="ghost",
+    )
+    return engine, net, optimizer, criterion, loader
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, X, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """``(churn_prob, ltv_pred)`` for rows ``X``: ``sigmoid(churn_logit)`` and the ZILN mean ``E[Y]`` (dollars)."""
+    was_training = model.training
+    model.eval()
+    X_t = _as_tensor(X)
+    probs, values = [], []
+    for start in range(0, X_t.shape[0], batch_size):
+        churn_logit, ziln_logits = model(X_t[start : start + batch_size])
+        probs.append(torch.sigmoid(churn_logit))
+        values.append(ziln_expected_value(ziln_logits))
+    model.train(was_training)
+    if not probs:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return torch.cat(probs).numpy(), torch.cat(values).numpy()
+
+
+def clone_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Deep copy (e.g. to train a local-only and a federated model from the same initial weights)."""
+    return copy.deepcopy(model)
+
+
+__all__ = [
+    "DPConfig",
+    "TrainReport",
+    "train",
+    "predict",
+    "make_accountant",
+    "noise_for_budget",
+    "epsilon_of",
+    "clone_model",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_LR",
+]
