@@ -7,6 +7,10 @@ with the partner's own secret before the ledger is asked for their subject_refs.
 Named by URL in the node or run config, so each Flower process opens its own connection::
 
     ledger-url = "py:client.consent_link:open_link?db=/abs/ledger.db&keys=/abs/keys&cap=10&job-epsilon=3"
+    ledger-url = "py:client.consent_link:open_link?grpc=127.0.0.1:50051&keys=/abs/keys&ca=/abs/ca.pem&cap=10..."
+
+Over gRPC each partner signs its requests with its own key (`<partner>.key` in the keys dir) and only ever sees
+its own subjects.
 """
 
 from __future__ import annotations
@@ -66,16 +70,44 @@ def link_url(db: str, keys_dir: str, lifetime_epsilon: float | None = None, job_
 
 
 def open_link(url: str) -> ConsentLink:
-    from consent.ledger import LedgerReader
-
     query = {k: v[0] for k, v in parse_qs(url.split("?", 1)[1] if "?" in url else "").items()}
-    if "db" not in query or "keys" not in query:
-        raise ValueError(f"ledger URL {url!r} needs db=... and keys=...")
+    if "keys" not in query or ("db" not in query and "grpc" not in query):
+        raise ValueError(f"ledger URL {url!r} needs keys=... and either db=... or grpc=host:port")
+    if "grpc" in query:
+        reader = PartnerClients(query["grpc"], query["keys"], query.get("ca"))
+    else:
+        from consent.ledger import LedgerReader
+
+        reader = LedgerReader.open_readonly(query["db"])
     cap = float(query["cap"]) if "cap" in query else None
     return ConsentLink(
-        LedgerReader.open_readonly(query["db"]), load_secrets(query["keys"]), lifetime_epsilon=cap,
+        reader, load_secrets(query["keys"]), lifetime_epsilon=cap,
         job_epsilon=float(query.get("job-epsilon", 0.0)), day=query.get("day"),
     )  # fmt: skip
+
+
+class PartnerClients:
+    """The ledger over gRPC, one signed client per partner this process speaks for (a SuperNode: exactly one)."""
+
+    def __init__(self, target: str, keys_dir: str, ca: str | None = None):
+        self.target, self.keys_dir, self.ca = target, keys_dir, ca
+        self._clients: dict = {}
+
+    def _client(self, partner_id: str):
+        from consent.client import LedgerClient
+        from consent.keys import Identity
+
+        if partner_id not in self._clients:
+            self._clients[partner_id] = LedgerClient(self.target, Identity.load(self.keys_dir, partner_id), self.ca)
+        return self._clients[partner_id]
+
+    def eligible_set(self, partner_id: str, purpose: str, categories, tree_size=None, day=None,
+                     lifetime_epsilon=None, job_epsilon=0.0):  # fmt: skip
+        return self._client(partner_id).eligible_set(partner_id, purpose, categories, tree_size=tree_size, day=day,
+                                                     lifetime_epsilon=lifetime_epsilon, job_epsilon=job_epsilon)  # fmt: skip
+
+    def subject_refs(self, partner_id: str, hmacs, create: bool = False) -> dict[str, str]:
+        return self._client(partner_id).subject_refs(partner_id, hmacs, create=create)
 
 
 class LinkByURL:

@@ -177,11 +177,13 @@ class LedgerClient:
         tree_size: int | None = None,
         day: str | None = None,
         lifetime_epsilon: float | None = None,
+        job_epsilon: float | None = None,
     ) -> EligibleSet | EligibleCommitment:
         """The partner's eligible set; to callers who may not see the refs (auditor, other partners), only
         its count and root (`EligibleCommitment`). Refs arrive in pages and are checked against the root."""
         query = pb.EligibleSetQuery(partner_id=partner_id, purpose=purpose, categories=list(categories),
-                                    tree_size=tree_size, day=day, lifetime_epsilon=lifetime_epsilon)  # fmt: skip
+                                    tree_size=tree_size, day=day, lifetime_epsilon=lifetime_epsilon,
+                                    job_epsilon=job_epsilon)  # fmt: skip
         first = self._call("GetEligibleSet", query, pb.EligibleSetResponse)
         if not first.refs_included:
             return EligibleCommitment(first.partner_id, first.purpose, tuple(first.categories), first.tree_size,

@@ -244,7 +244,7 @@ class CurrentConsentResponse(_message.Message):
     def __init__(self, consent_id: _Optional[str] = ...) -> None: ...
 
 class EligibleSetQuery(_message.Message):
-    __slots__ = ("partner_id", "purpose", "categories", "tree_size", "day", "lifetime_epsilon", "refs_offset", "refs_limit")
+    __slots__ = ("partner_id", "purpose", "categories", "tree_size", "day", "lifetime_epsilon", "refs_offset", "refs_limit", "job_epsilon")
     PARTNER_ID_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,7 @@ class EligibleSetQuery(_message.Message):
     LIFETIME_EPSILON_FIELD_NUMBER: _ClassVar[int]
     REFS_OFFSET_FIELD_NUMBER: _ClassVar[int]
     REFS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    JOB_EPSILON_FIELD_NUMBER: _ClassVar[int]
     partner_id: str
     purpose: str
     categories: _containers.RepeatedScalarFieldContainer[str]
@@ -261,7 +262,8 @@ class EligibleSetQuery(_message.Message):
     lifetime_epsilon: float
     refs_offset: int
     refs_limit: int
-    def __init__(self, partner_id: _Optional[str] = ..., purpose: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., tree_size: _Optional[int] = ..., day: _Optional[str] = ..., lifetime_epsilon: _Optional[float] = ..., refs_offset: _Optional[int] = ..., refs_limit: _Optional[int] = ...) -> None: ...
+    job_epsilon: float
+    def __init__(self, partner_id: _Optional[str] = ..., purpose: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., tree_size: _Optional[int] = ..., day: _Optional[str] = ..., lifetime_epsilon: _Optional[float] = ..., refs_offset: _Optional[int] = ..., refs_limit: _Optional[int] = ..., job_epsilon: _Optional[float] = ...) -> None: ...
 
 class EligibleSetResponse(_message.Message):
     __slots__ = ("partner_id", "purpose", "categories", "tree_size", "day", "count", "root", "refs_included", "subject_refs_packed", "refs_offset")

@@ -288,7 +288,8 @@ class ConsentLedgerServicer(ledger_pb2_grpc.ConsentLedgerServicer):
             size = q.tree_size
         day = scope.day(q.day) if q.HasField("day") else scope.utc_today()
         cap = scope.epsilon(q.lifetime_epsilon, "lifetime_epsilon") if q.HasField("lifetime_epsilon") else None
-        return self.ledger.eligible_set(q.partner_id, q.purpose, list(q.categories), size, day, cap), day
+        job_eps = scope.epsilon(q.job_epsilon, "job_epsilon") if q.HasField("job_epsilon") else 0.0
+        return self.ledger.eligible_set(q.partner_id, q.purpose, list(q.categories), size, day, cap, job_eps), day
 
 
 def _check_signers(batch: list[bytes], caller: Caller) -> None:
