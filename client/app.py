@@ -49,7 +49,7 @@ def make_client_app(ledger: Ledger | None = None, data: PartnerData | None = Non
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
         spent = train_privately(model, rows.train, job, context.state, partner.state_dir)
         part = manifest_part(partner.partner_id, job, rows, spent)
-        return reply(msg, arrays=model_arrays(model), metrics=train_metrics(spent), manifest=part.to_record())
+        return reply(msg, {ARRAYS: model_arrays(model), METRICS: train_metrics(spent), MANIFEST: part.to_record()})
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -57,14 +57,14 @@ def make_client_app(ledger: Ledger | None = None, data: PartnerData | None = Non
         partner = resolve_partner(context, ledger, data)
         rows = load_eligible_rows(partner.ledger, partner.data, partner.partner_id, job)
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
-        return reply(msg, metrics=evaluation_metrics(model, rows))
+        return reply(msg, {METRICS: evaluation_metrics(model, rows)})
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:
         job = RoundConfig.from_record(msg.content[CONFIG])
         partner = resolve_partner(context, ledger, data)
         rows = load_eligible_rows(partner.ledger, partner.data, partner.partner_id, job)
-        return reply(msg, readiness=readiness(partner, rows, job, context))
+        return reply(msg, {READINESS: readiness(partner, rows, job, context)})
 
     return client_app
 
@@ -130,7 +130,7 @@ def readiness(partner: Partner, rows: EligibleRows, job: RoundConfig, context: C
     )
 
 
-def reply(msg: Message, **records) -> Message:
+def reply(msg: Message, records: dict) -> Message:
     return Message(RecordDict(records), reply_to=msg)
 
 

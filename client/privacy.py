@@ -8,6 +8,10 @@ partner past the target is refused before any row is touched.
 
 The noise seed is drawn from the OS per round: a seed the server could derive would let it subtract the noise.
 
+In Flower's simulation a node whose reply is late can have its next message picked up, with the node's previous
+``Context``, by another actor before the late one finishes; the late round's steps are then missing from
+``Context.state`` (the reported epsilon is then too low). Deployment SuperNodes handle one message at a time.
+
 A SuperNode's ``Context.state`` lives as long as its process; with ``state_dir`` (the partner's ``state-dir`` node
 config) the spend is also written to ``<state_dir>/<job_id>.privacy.json`` and read back after a restart, so a
 partner that crashed and rejoined does not start counting from zero.
@@ -23,18 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import ConfigRecord, RecordDict
+from opacus.accountants.utils import get_noise_multiplier
 
 from client.data import FeatureRows
 from client.protocol import RoundConfig
-from opacus.accountants.utils import get_noise_multiplier
-
 from models.train import DPConfig, TrainReport, make_accountant, train
 
 STATE_KEY = "privacy"
 EPSILON_SLACK = 1e-6  # the calibrated sigma spends <= target; this only absorbs float noise in the accountant
-# RDP orders used for calibration and the budget check: integers only, which Opacus computes in closed form (tens
-# of ms instead of seconds for its default 150 mostly fractional orders). Fewer orders can only make the computed
-# epsilon larger, so the epsilon Opacus reports with all its orders stays <= the target.
+# RDP orders for calibration, the budget check and the epsilon a partner reports: integers only, which Opacus
+# computes in closed form (tens of ms instead of seconds for its default 150 mostly fractional orders). Fewer orders
+# can only make the computed epsilon larger (a valid, slightly looser bound), never smaller.
 RDP_ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256)
 
 
@@ -212,12 +215,14 @@ def _spend_file(state_dir: str, job_id: str) -> Path:
 
 
 def _restore(state: RecordDict, job_id: str, state_dir: str | None) -> None:
-    held = _job_record(state, job_id)
-    if not state_dir or (held is not None and "steps" in held):
+    if not state_dir:
         return
     path = _spend_file(state_dir, job_id)
-    if path.exists():
-        state[STATE_KEY] = ConfigRecord(json.loads(path.read_text()))
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    if int(saved.get("rounds", 0)) > _rounds(state, job_id):  # the file is ahead: this process restarted
+        state[STATE_KEY] = ConfigRecord(saved)
 
 
 def _persist(state: RecordDict, job_id: str, state_dir: str | None) -> None:

@@ -141,7 +141,12 @@ class Job:
         return cls(**values)
 
 
-RUN_CONFIG_KEYS = {"rounds": "num-rounds", "round_timeout_s": "round-timeout", "preflight_timeout_s": "preflight-timeout"}
+# Run-config names that are not simply the field name with "-" for "_" (num-rounds is Flower's usual name).
+RUN_CONFIG_KEYS = {
+    "rounds": "num-rounds",
+    "round_timeout_s": "round-timeout",
+    "preflight_timeout_s": "preflight-timeout",
+}
 
 _TUPLE_FIELDS = {"categories": str, "hidden": int}
 _TYPES = {f.name: f.type for f in fields(Job)}

@@ -1,0 +1,181 @@
+"""Fast checks of the federated plumbing without a Flower run: the ClientApp is called in-process on real
+messages, and its replies go through the server's screening, aggregation and manifests."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, Metadata, MetricRecord, RecordDict
+
+from client.app import make_client_app
+from client.data import SyntheticPlatforms
+from client.eligibility import EligibilityError, EligibleSet, eligible_subjects
+from client.manifest import ManifestPart
+from client.privacy import BudgetExceeded, spent_so_far, train_privately
+from client.protocol import ARRAYS, CONFIG, MANIFEST, METRICS, RoundConfig
+from server.job import Job, JobError
+from server.manifests import model_hash
+from server.runner import initial_model
+from server.screening import screen_train_replies, shapes_of
+from server.strategy import aggregate_train_metrics, build_strategy
+from test_federated_support import CATEGORIES, PURPOSE, fake_ledger_for
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = SyntheticPlatforms(users_per_platform=200, seed=5)
+
+
+@pytest.fixture(scope="module")
+def ledger():
+    return fake_ledger_for(DATA, consent_share=0.7)
+
+
+def job(**overrides) -> Job:
+    settings = dict(job_id="unit", purpose=PURPOSE, categories=CATEGORIES, rounds=2, tree_size=42, local_epochs=1,
+                    batch_size=64)  # fmt: skip
+    return Job(**{**settings, **overrides})
+
+
+def instruction(content: RecordDict, node_id: int, message_type: str = MessageType.TRAIN) -> Message:
+    metadata = Metadata(
+        run_id=1, message_id=f"m-{node_id}-{time.monotonic_ns()}", src_node_id=1, dst_node_id=node_id,
+        reply_to_message_id="", group_id="", created_at=time.time(), ttl=600.0, message_type=message_type,
+    )  # fmt: skip
+    return Message(content, metadata=metadata)
+
+
+def context(partition: int) -> Context:
+    return Context(run_id=1, node_id=100 + partition, node_config={"partition-id": partition}, state=RecordDict(),
+                   run_config={})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def round_one(ledger):
+    """Real train replies of the three partners to round 1 of a job, from the ClientApp called in-process."""
+    the_job = job()
+    app = make_client_app(ledger=ledger, data=DATA)
+    probe = DATA.features("content", CATEGORIES)
+    arrays = initial_model(the_job, probe.X.shape[1])
+    config = the_job.round_config(1).to_record()
+    sent = [instruction(RecordDict({ARRAYS: arrays, CONFIG: config}), node_id=100 + p) for p in range(3)]
+    replies = [app(msg, context(p)) for p, msg in enumerate(sent)]
+    return the_job, arrays, sent, replies
+
+
+def poisoned(reply: Message, fault: str) -> Message:
+    arrays = ArrayRecord()
+    for i, (name, array) in enumerate(reply.content[ARRAYS].items()):
+        values = array.numpy().copy()
+        if i == 0 and fault == "nan":
+            values.flat[3] = np.nan
+        if i == 0 and fault == "shape":
+            values = values[:, :-1]
+        # any other fault: an untouched copy
+        arrays[name] = Array(values)
+    content = RecordDict({ARRAYS: arrays, METRICS: reply.content[METRICS], MANIFEST: reply.content[MANIFEST]})
+    return Message(content, reply_to=reply_to_of(reply))
+
+
+def reply_to_of(reply: Message) -> Message:
+    return instruction(RecordDict(), node_id=reply.metadata.src_node_id)
+
+
+def test_round_config_survives_the_wire():
+    config = job(hidden=(16, 8)).round_config(3)
+    assert RoundConfig.from_record(config.to_record()) == config
+
+
+def test_job_from_the_flower_app_config_in_pyproject():
+    run_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    the_job = Job.from_run_config({**run_config, "strategy": "krum", "categories": "transaction, behavioural"})
+    assert the_job.rounds == run_config["num-rounds"] and the_job.strategy == "krum"
+    assert the_job.categories == ("transaction", "behavioural") and the_job.hidden == (64, 32)
+    assert the_job.extra["ledger-url"] == run_config["ledger-url"]
+    with pytest.raises(JobError, match="unknown strategy"):
+        Job.from_run_config({**run_config, "strategy": "fedprox"})
+    with pytest.raises(JobError, match="target epsilon"):
+        job(target_epsilon=0.0)
+
+
+def test_client_trains_only_on_eligible_rows_and_commits_to_them(round_one, ledger):
+    _, _, _, replies = round_one
+    for partition, reply in enumerate(replies):
+        partner = DATA.partners[partition]
+        part = ManifestPart.from_record(reply.content[MANIFEST])
+        eligible = EligibleSet.of(ledger.consenting[partner])
+        assert (part.partner_id, part.eligible_root, part.eligible_count) == (partner, eligible.root, eligible.count)
+        assert 0 < part.num_examples < eligible.count  # a share of the eligible rows is held out for evaluation
+        assert part.epsilon <= 3.0 and part.noise_multiplier > 0 and part.max_grad_norm == 20.0
+
+
+def test_screening_accepts_honest_updates_and_refuses_poisoned_ones(round_one):
+    the_job, arrays, sent, replies = round_one
+    node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+    honest = screen_train_replies(replies, shapes_of(arrays), the_job, 1, node_of_message=node_of)
+    assert len(honest.accepted) == 3 and not honest.refused
+    bad = [poisoned(replies[0], "nan"), poisoned(replies[1], "shape"), replies[2]]
+    screened = screen_train_replies(bad, shapes_of(arrays), the_job, 1)
+    assert [u.part.partner_id for u in screened.accepted] == ["loyal"]
+    reasons = {r.partner_id: r.reason for r in screened.refused}
+    assert "NaN/Inf" in reasons["content"] and "shape" in reasons["group_buy"]
+    wrong_round = screen_train_replies(replies[:1], shapes_of(arrays), the_job, 2)
+    assert "server_round" in wrong_round.refused[0].reason
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedmedian", "fedtrimmedavg", "krum"])
+def test_every_selectable_strategy_aggregates_cohort_replies(round_one, name):
+    the_job, arrays, _, replies = round_one
+    strategy = build_strategy(job(strategy=name, trim_beta=0.2))
+    aggregated, metrics = strategy.aggregate_train(1, [poisoned(r, "copy") for r in replies])
+    assert shapes_of(aggregated) == shapes_of(arrays)
+    assert all(np.isfinite(a.numpy()).all() for a in aggregated.values())
+    assert model_hash(aggregated) != model_hash(arrays)
+    # Krum aggregates the metrics of the update it picks; GuardedStrategy then sets epsilon to everyone's max.
+    assert metrics["epsilon"] <= max(float(r.content[METRICS]["epsilon"]) for r in replies)
+
+
+def test_epsilon_aggregates_as_the_max_not_a_weighted_mean():
+    records = [
+        RecordDict({METRICS: MetricRecord({"num-examples": 900, "epsilon": 1.0, "train-loss": 1.0})}),
+        RecordDict({METRICS: MetricRecord({"num-examples": 100, "epsilon": 2.5, "train-loss": 3.0})}),
+    ]
+    metrics = aggregate_train_metrics(records, "num-examples")
+    assert metrics["epsilon"] == 2.5
+    assert metrics["train-loss"] == pytest.approx(1.2)
+    assert metrics["num-examples"] == 1000
+
+
+def test_partner_refuses_a_round_beyond_the_job_budget_and_keeps_its_spend(tmp_path, ledger):
+    from client.data import load_eligible_rows
+    from models.nets import ChurnLTVNet
+
+    the_job = job(rounds=1).round_config(1)
+    rows = load_eligible_rows(ledger, DATA, "loyal", the_job).train
+    state, state_dir = RecordDict(), str(tmp_path / "spend")
+    spent = train_privately(ChurnLTVNet(rows.X.shape[1]), rows, the_job, state, state_dir)
+    assert 0 < spent.epsilon <= 3.0
+    with pytest.raises(BudgetExceeded):
+        train_privately(ChurnLTVNet(rows.X.shape[1]), rows, the_job, state, state_dir)
+    # A restarted node (fresh state) reads its spend back from its state dir and still refuses.
+    assert spent_so_far(RecordDict(), the_job, state_dir) == pytest.approx(spent.epsilon, rel=1e-3)
+    with pytest.raises(BudgetExceeded):
+        train_privately(ChurnLTVNet(rows.X.shape[1]), rows, the_job, RecordDict(), state_dir)
+
+
+def test_an_inconsistent_eligible_set_from_the_ledger_is_rejected(ledger):
+    class LyingLedger:
+        def eligible_subjects(self, *args):
+            honest = ledger.eligible_subjects(*args)
+            return EligibleSet(honest.subject_refs[1:], honest.count, honest.root)  # one ref dropped silently
+
+    with pytest.raises(EligibilityError, match="does not match"):
+        eligible_subjects(LyingLedger(), "content", PURPOSE, CATEGORIES, 42)
+
+
+def test_model_hash_is_stable_and_sensitive():
+    arrays = initial_model(job(), 10)
+    assert model_hash(arrays) == model_hash(initial_model(job(), 10))
+    assert model_hash(arrays) != model_hash(initial_model(job(seed=1), 10))
