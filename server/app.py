@@ -38,9 +38,34 @@ def make_server_app(
 
 
 def hooks_from_run_config(context: Context) -> JobHooks:
-    """Ledger hooks for a run launched by ``flwr run``. Until the ledger is wired in here, the run config must fix
-    the checkpoint itself (``tree-size``) and manifests are only logged and saved with the result."""
-    return JobHooks()
+    """Ledger hooks for a run launched by ``flwr run``, from the run config:
+
+    * ``ledger-target`` (host:port of the ConsentLedger service; ``ledger-ca`` for TLS) and ``keys-dir`` holding
+      ``coordinator.key``: the coordinator's signed gRPC client — the deployment path;
+    * or ``ledger-db`` (a database URL) and ``keys-dir`` holding ``operator.key``: the ledger in-process;
+    * neither: no ledger — the run config must fix the checkpoint itself (``tree-size``), manifests are only saved.
+    ``lifetime-epsilon`` (> 0) caps every subject's ε across jobs."""
+    run = context.run_config
+    target, db = str(run.get("ledger-target", "") or ""), str(run.get("ledger-db", "") or "")
+    if not target and not db:
+        return JobHooks()
+    from consent.keys import Identity
+    from server.ledger_hooks import LedgerBinding
+
+    keys_dir = str(run.get("keys-dir", "") or "")
+    if not keys_dir:
+        raise ValueError("the run config names a ledger but no keys-dir with the coordinator's key")
+    coordinator = Identity.load(keys_dir, "coordinator")
+    if target:
+        from consent.client import LedgerClient
+
+        ledger = LedgerClient(target, coordinator, str(run.get("ledger-ca", "") or "") or None)
+    else:
+        from consent.ledger import Ledger
+
+        ledger = Ledger.open(db, Identity.load(keys_dir, "operator"))
+    cap = float(run.get("lifetime-epsilon", 0.0) or 0.0)
+    return LedgerBinding(ledger, coordinator, lifetime_epsilon=cap if cap > 0 else None).hooks()
 
 
 app = make_server_app()

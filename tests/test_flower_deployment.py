@@ -214,7 +214,7 @@ def test_flwr_run_against_a_simulation_superlink(tmp_path):
 class Federation:
     """A SuperLink with TLS and SuperNode authentication, and one registered SuperNode per partner."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, ledger_url: str | None = None) -> None:
         self.tmp = tmp_path
         self.port = free_port()
         home = tmp_path / "flwr-home"
@@ -226,7 +226,7 @@ class Federation:
         )
         self.env = base_env(home)
         self.procs = Processes(tmp_path, self.env)
-        self.ledger_url = write_ledger(tmp_path)
+        self.ledger_url = ledger_url or write_ledger(tmp_path)
         self.nodes: dict[str, subprocess.Popen] = {}
         link = self.procs.start(
             "superlink", "flower-superlink",
@@ -281,19 +281,43 @@ def wait_for_log(path: Path, text: str, count: int, watched: subprocess.Popen, t
 
 @pytest.mark.slow
 def test_deployment_with_tls_and_supernode_auth_runs_two_rounds(tmp_path):
+    """The real thing on loopback: the ConsentLedger service over TLS with signed requests, a SuperLink with TLS
+    and SuperNode authentication, three SuperNodes each asking the ledger for its own eligible subjects, the
+    coordinator's ServerApp publishing the checkpoint, job.started, round manifests and model.published."""
+    from cohort.demo_world import build_world, exercise_rights, record_consents
+    from consent.audit import audit_rounds
+    from consent.ledger import LedgerReader
+    from consent.service.server import serve
+    from consent.verify import verify_ledger
+
     out = tmp_path / "out"
+    world_dir = tmp_path / "world"
+    world = build_world(world_dir, DATA)
+    record_consents(world, seed=5)
+    exercise_rights(world, seed=6)
+    world.ledger.close()
+    (tmp_path / "ledger-tls").mkdir()
+    ca, cert, key = write_tls(tmp_path / "ledger-tls")
+    ledger_port = free_port()
+    ledger = serve(str(world.db_path), ledger_port, world.keys_dir, tls=(cert, key))
+    target = f"127.0.0.1:{ledger_port}"
+    link = (f"py:client.consent_link:open_link?grpc={target}&keys={world.keys_dir}&ca={ca}&cap=10.0"
+            f"&job-epsilon=3.0")  # fmt: skip
     started = time.monotonic()
-    federation = Federation(tmp_path)
+    federation = Federation(tmp_path, ledger_url=link)
     try:
         run = federation.submit(
-            f"{RUN_CONFIG} num-rounds=2 expected-partners=3 round-timeout=60.0 evaluate-every=2 output-dir='{out}'"
+            f"users-per-platform=300 data-seed=11 local-epochs=1 batch-size=64 tree-size=0 num-rounds=2 "
+            f"expected-partners=3 round-timeout=60.0 evaluate-every=2 output-dir='{out}' ledger-target='{target}' "
+            f"ledger-ca='{ca}' keys-dir='{world.keys_dir}' lifetime-epsilon=10.0"
         )
         run.wait(timeout=300)
         elapsed = time.monotonic() - started
         assert (out / "result.json").exists(), federation.logs()
     finally:
         federation.procs.stop_all()
-    print(f"deployment (TLS + SuperNode auth, 3 partners, 2 rounds): {elapsed:.1f} s")
+        ledger.stop()
+    print(f"deployment (ledger over gRPC+TLS, TLS + SuperNode auth, 3 partners, 2 rounds): {elapsed:.1f} s")
     result = read_result(out)
     assert result["rounds_completed"] == 2
     for manifest in result["manifests"]:
@@ -301,6 +325,14 @@ def test_deployment_with_tls_and_supernode_auth_runs_two_rounds(tmp_path):
         assert not manifest["refused"] and not manifest["failed"] and not manifest["missing_nodes"]
     assert all(0 < eps <= 3.0 for eps in result["epsilon_by_partner"].values())
     assert "2" in result["evaluate_metrics"] and "1" not in result["evaluate_metrics"]
+    # the ledger saw the whole job, and an auditor can re-derive every round from the log alone
+    reader = LedgerReader.open_readonly(str(world.db_path))
+    kinds = {t: len(reader.store.find_by_type(t)) for t in ("job.started", "round.manifest", "model.published")}
+    assert kinds == {"job.started": 1, "round.manifest": 2, "model.published": 1}
+    audit = audit_rounds(reader.store)
+    assert audit.ok and len(audit.rounds) == 6 and all(r.absent_proven > 0 for r in audit.rounds)
+    assert reader.budget.charges() and verify_ledger(str(world.db_path), workers=0).ok
+    reader.close()
 
 
 ROUND_TIMEOUT_S = 40.0
