@@ -91,6 +91,45 @@ def demo(
         raise typer.Exit(code=1)
 
 
+@app.command("train")
+def train_job(
+    job: Path = typer.Option(..., "--job", help="The job file (see examples/job.toml)."),
+    dry_run: bool = typer.Option(False, help="Validate and print the flwr command without running it."),
+) -> None:
+    """Submit a job to a running Flower deployment with the consent ledger wired in (via `flwr run`)."""
+    import subprocess
+
+    from cohort.train import JobFileError, describe, flwr_command, load_job_file
+
+    try:
+        cmd = flwr_command(load_job_file(job))
+    except JobFileError as exc:
+        from rich.markup import escape
+
+        console.print(f"[red]job refused[/red]: {escape(str(exc))}")
+        raise typer.Exit(code=2)
+    console.print(f"submitting: {describe(cmd)}")
+    if dry_run:
+        return
+    raise typer.Exit(code=subprocess.call(cmd))
+
+
+bench_app = typer.Typer(help="Benchmarks that print the figures in docs/benchmarks.md.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("quality")
+def bench_quality(
+    quick: bool = typer.Option(False, help="Fewer folds and epochs (a smoke run, not the recorded figures)."),
+    no_doc: bool = typer.Option(False, help="Print only; do not rewrite docs/benchmarks.md."),
+) -> None:
+    """CDNOW 39/39-week and synthetic-platform quality tables: BG/NBD, trees, MLP non-private and DP."""
+    from models.quality import main as quality_main
+
+    args = (["--quick"] if quick else []) + (["--no-doc"] if no_doc else [])
+    raise typer.Exit(code=quality_main(args))
+
+
 def main() -> None:
     app()
 

@@ -306,11 +306,16 @@ def test_deployment_with_tls_and_supernode_auth_runs_two_rounds(tmp_path):
     started = time.monotonic()
     federation = Federation(tmp_path, ledger_url=link)
     try:
-        run = federation.submit(
-            f"users-per-platform=300 data-seed=11 local-epochs=1 batch-size=64 tree-size=0 num-rounds=2 "
-            f"expected-partners=3 round-timeout=60.0 evaluate-every=2 output-dir='{out}' ledger-target='{target}' "
-            f"ledger-ca='{ca}' keys-dir='{world.keys_dir}' lifetime-epsilon=10.0"
+        job_file = tmp_path / "job.toml"
+        job_file.write_text(
+            '[job]\njob-id = "deployed-job"\nnum-rounds = 2\nexpected-partners = 3\nround-timeout = 60.0\n'
+            'users-per-platform = 300\ndata-seed = 11\nlocal-epochs = 1\nbatch-size = 64\nevaluate-every = 2\n'
+            f'output-dir = "{out}"\n[ledger]\ntarget = "{target}"\nca = "{ca}"\nkeys-dir = "{world.keys_dir}"\n'
+            f'lifetime-epsilon = 10.0\n[flower]\nsuperlink = "deploy"\napp = "{REPO}"\n'
         )
+        log = open(tmp_path / "flwr-run.log", "wb")
+        run = subprocess.Popen(["cohort", "train", "--job", str(job_file)], cwd=REPO, env=federation.env,
+                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         run.wait(timeout=300)
         elapsed = time.monotonic() - started
         assert (out / "result.json").exists(), federation.logs()
