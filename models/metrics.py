@@ -90,7 +90,9 @@ def decile_stats(ltv_true, ltv_pred) -> pd.DataFrame:
             continue
         label_mean, pred_mean = true_asc[idx].mean(), pred_asc[idx].mean()
         mape = abs(pred_mean - label_mean) / label_mean if label_mean > 0 else np.nan
-        rows.append({"decile": d, "count": len(idx), "label_mean": label_mean, "pred_mean": pred_mean, "decile_mape": mape})
+        rows.append(
+            {"decile": d, "count": len(idx), "label_mean": label_mean, "pred_mean": pred_mean, "decile_mape": mape}
+        )
     return pd.DataFrame(rows).set_index("decile")
 
 
@@ -116,7 +118,9 @@ def calibration_table(y_true, y_score, n_bins: int = N_DECILES) -> pd.DataFrame:
     rows = []
     for b, idx in enumerate(np.array_split(np.arange(len(y)), n_bins)):
         if len(idx):
-            rows.append({"bin": b, "count": len(idx), "pred_mean": score_asc[idx].mean(), "true_mean": true_asc[idx].mean()})
+            rows.append(
+                {"bin": b, "count": len(idx), "pred_mean": score_asc[idx].mean(), "true_mean": true_asc[idx].mean()}
+            )
     return pd.DataFrame(rows).set_index("bin")
 
 

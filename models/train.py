@@ -2,15 +2,16 @@
 
 ``train(model, X, churn, ltv, ...)`` trains ``model`` in place (warm start: set the global weights first with
 ``nets.set_weights``) and returns a ``TrainReport``. With ``dp=DPConfig(...)`` the same loop runs under Opacus:
-Poisson sampling of each batch (every row independently with rate ``q = batch_size / n``), per-example gradients
-clipped to ``max_grad_norm``, Gaussian noise of std ``noise_multiplier * max_grad_norm`` added to their sum, and the
-steps recorded by an accountant. One row is one user, so the guarantee is user-level within a partner.
+Poisson sampling of each batch (every row independently with rate ``q = 1 / ceil(n / batch_size)``), per-example
+gradients clipped to ``max_grad_norm`` (Opacus ghost clipping: exact per-example norms, no per-example gradients),
+Gaussian noise of std ``noise_multiplier * max_grad_norm`` added to their sum, and the steps recorded by an
+accountant. One row is one user, so the guarantee is user-level within a partner.
 
 Composing federated rounds (one accountant per partner, kept across rounds and jobs)::
 
     accountant = make_accountant("rdp")                  # or restore: accountant.load_state_dict(saved)
     sigma = noise_for_budget(target_epsilon=3, delta=1e-5,
-                             sample_rate=batch_size / n_rows, steps=rounds * steps_per_round)
+                             sample_rate=1 / ceil(n_rows / batch_size), steps=rounds * steps_per_round)
     for each round:
         set_weights(model, global_arrays)
         report = train(model, X, churn, ltv, epochs=local_epochs, batch_size=batch_size, lr=lr,
@@ -25,7 +26,6 @@ centralised training); a federated job should budget the whole job up front with
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
@@ -36,7 +36,7 @@ import torch
 from opacus import PrivacyEngine
 from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from models.nets import ChurnLTVLoss, ziln_expected_value
 
@@ -49,8 +49,9 @@ DEFAULT_LR = 3e-3
 class DPConfig:
     """DP-SGD settings. Give exactly one of ``noise_multiplier`` or ``target_epsilon``.
 
-    ``max_grad_norm`` defaults to 20: with a ZILN head a clip of ~1 shrinks the predicted spend scale (the
-    log-normal location gradient is routinely > 1 per example); ~20 keeps it (see FACTS.md).
+    ``max_grad_norm`` defaults to 20 (FACTS.md: a clip of ~1 collapses the ZILN spend scale). Measured here on
+    CDNOW, 20 still clips most high spenders (their log-normal gradients reach 30-70) and the predicted total spend
+    comes out 25-35% low; C = 40-50 keeps it within ~10% at the same epsilon (``models/quality.py`` uses 50).
     ``accountant`` is Opacus' "rdp" (Renyi DP, conservative) or "prv" (privacy random variables, tighter).
     """
 
@@ -99,10 +100,11 @@ def make_accountant(kind: str = "rdp") -> IAccountant:
 def noise_for_budget(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:
-    """Noise multiplier sigma such that ``steps`` Poisson-sampled steps at rate ``sample_rate`` spend ``target_epsilon``."""
+    """Noise multiplier sigma such that ``steps`` Poisson-sampled steps at rate ``sample_rate`` spend
+    ``target_epsilon`` (at ``delta``) under the given accountant."""
     with warnings.catch_warnings():
         # The binary search visits tiny sigmas whose best Renyi order is the largest one tried; Opacus warns about
-        # each. The sigma returned is checked against the accountant all the same.
+        # each; the sigma returned still meets the target.
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return float(
             get_noise_multiplier(
@@ -126,6 +128,28 @@ def _as_tensor(a, dtype=torch.float32) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=dtype)
 
 
+class _Rows(Dataset):
+    """(X, churn, ltv) rows that a DataLoader fetches a whole batch at a time (``__getitems__``): one fancy-index
+    per batch instead of one ``__getitem__`` and a stack per row, which took most of a step's time."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return self.tensors[0].shape[0]
+
+    def __getitem__(self, i):
+        return tuple(t[i] for t in self.tensors)
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[idx] for t in self.tensors)
+
+
+def _batch(fetched):
+    return fetched  # ``_Rows.__getitems__`` already returns stacked tensors
+
+
 def train(
     model: torch.nn.Module,
     X,
@@ -147,8 +171,8 @@ def train(
     Adam on ``churn_ltv_loss`` (BCE + ``ltv_weight`` * ZILN), ``epochs`` passes of ``n / batch_size`` steps each,
     the learning rate decaying from ``lr`` to 0 on a cosine over the call's steps (``lr_decay=False``: constant).
     ``dp=None``: shuffled mini-batches. ``dp=DPConfig(...)``: Opacus DP-SGD with Poisson sampling at rate
-    ``batch_size / n`` and ghost clipping (per-example gradient norms without materialising per-example gradients;
-    the same clipped-and-noised update as Opacus' default hooks mode); ``accountant`` (optional, persistent)
+    ``1 / ceil(n / batch_size)`` and ghost clipping (per-example gradient norms without materialising per-example
+    gradients; the same clipped-and-noised update as Opacus' default hooks mode); ``accountant`` (optional, persistent)
     receives the steps so rounds compose.
     The RNG (initial shuffles, Poisson masks, DP noise) is seeded from ``seed`` and the global torch RNG is
     restored afterwards.
@@ -163,7 +187,7 @@ def train(
         # Linear's input); harmless here.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         torch.manual_seed(seed)
-        loader = DataLoader(TensorDataset(X_t, churn_t, ltv_t), batch_size=batch_size, shuffle=True)
+        loader = DataLoader(_Rows(X_t, churn_t, ltv_t), batch_size=batch_size, shuffle=True, collate_fn=_batch)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         criterion = ChurnLTVLoss(ltv_weight)
         model.train()
@@ -268,11 +292,6 @@ def predict(model: torch.nn.Module, X, batch_size: int = 8192) -> tuple[np.ndarr
     return torch.cat(probs).numpy(), torch.cat(values).numpy()
 
 
-def clone_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Deep copy (e.g. to train a local-only and a federated model from the same initial weights)."""
-    return copy.deepcopy(model)
-
-
 __all__ = [
     "DPConfig",
     "TrainReport",
@@ -281,7 +300,6 @@ __all__ = [
     "make_accountant",
     "noise_for_budget",
     "epsilon_of",
-    "clone_model",
     "DEFAULT_EPOCHS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_LR",

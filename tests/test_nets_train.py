@@ -12,7 +12,8 @@ from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 
 from models.nets import (
-    SIGMA_EPS, ChurnLTVLoss, ChurnLTVNet, churn_ltv_loss, get_weights, set_weights, weight_names, ziln_expected_value, ziln_loss,
+    SIGMA_EPS, ChurnLTVLoss, ChurnLTVNet, churn_ltv_loss, get_weights, set_weights, weight_names, ziln_expected_value,
+    ziln_loss,
 )
 from models.train import DPConfig, epsilon_of, make_accountant, noise_for_budget, predict, train
 
@@ -120,7 +121,7 @@ def test_weights_round_trip_plain_and_opacus_wrapped():
     wrapped._close()
 
 
-def test_set_weights_refuses_wrong_shapes_and_counts():
+def test_set_weights_refuses_wrong_shapes_counts_and_nan():
     model = ChurnLTVNet(6)
     arrays = get_weights(model)
     with pytest.raises(ValueError):
@@ -128,6 +129,9 @@ def test_set_weights_refuses_wrong_shapes_and_counts():
     bad = list(arrays)
     bad[0] = np.zeros((3, 3), dtype=np.float32)
     with pytest.raises(ValueError):
+        set_weights(model, bad)
+    bad[0] = np.full_like(arrays[0], np.nan)
+    with pytest.raises(ValueError, match="NaN"):
         set_weights(model, bad)
 
 

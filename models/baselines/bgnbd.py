@@ -78,7 +78,8 @@ class BetaGeoFitter:
             return value if np.isfinite(value) else 1e300
 
         start = np.log(np.asarray(initial, dtype=np.float64))
-        res = optimize.minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-8, "maxiter": 20000})
+        options = {"xatol": 1e-8, "fatol": 1e-8, "maxiter": 20000}
+        res = optimize.minimize(nll, start, method="Nelder-Mead", options=options)
         res2 = optimize.minimize(nll, res.x, method="L-BFGS-B")
         best = res2 if res2.fun <= res.fun else res
         r, alpha, a, b = np.exp(best.x)
