@@ -15,6 +15,10 @@ Verdicts are advisory: the append path uses a worker's verdict only if the entry
 key id, and the rules picked a key with the same public key; otherwise it verifies in-process as before, so the
 outcome (and the error reported for the first bad entry of a batch) is exactly what sequential checking gives.
 A worker that dies or misbehaves costs speed, never correctness: its entries are simply checked in-process.
+
+`PublicKey` (used here, by the append path's in-process share and by `cohort ledger verify`) confirms valid
+signatures with the system's libsodium when there is one, about twice as fast as OpenSSL on this project's
+machines, and leaves every other verdict to `cryptography`; see its docstring for why the verdicts are the same.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -64,7 +69,7 @@ def split_signature(data: bytes) -> tuple[str, bytes, bytes] | None:
 
 
 def _libsodium_verify():
-    """crypto_sign_ed25519_verify_detached from the system's libsodium, if there is one (COHORT_NO_LIBSODIUM=1: never)."""
+    """crypto_sign_ed25519_verify_detached of the system's libsodium if it has one (COHORT_NO_LIBSODIUM=1: never)."""
     if os.environ.get("COHORT_NO_LIBSODIUM"):
         return None
     try:
@@ -172,11 +177,31 @@ def _read_exact(stream, n: int) -> bytes | None:
     return bytes(buf)
 
 
+def parse_chunk(datas: list[bytes]) -> list[tuple[int, str]]:
+    """consent.entries.parse_entry on each entry: [(position, message)] of those it refuses, in order."""
+    from consent.entries import EntryError, parse_entry
+
+    errors = []
+    for i, data in enumerate(datas):
+        try:
+            parse_entry(data)
+        except EntryError as exc:
+            errors.append((i, str(exc)))
+    return errors
+
+
 def serve(stdin=None, stdout=None) -> None:
-    """Worker loop: (entries, keys) in, (statuses, key ids) out, until the parent closes the pipe."""
+    """Worker loop, until the parent closes the pipe: (entries, keys, parse) in; if `parse`, the parse verdicts
+    (parse_chunk) out first, then (statuses, key ids) of the signatures (check_chunk)."""
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing may write into the protocol stream by accident
+
+    def reply(obj) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        stdout.write(_HEADER.pack(len(data)) + data)
+        stdout.flush()
+
     while True:
         header = _read_exact(stdin, _HEADER.size)
         if header is None:
@@ -184,34 +209,42 @@ def serve(stdin=None, stdout=None) -> None:
         payload = _read_exact(stdin, _HEADER.unpack(header)[0])
         if payload is None:
             return
-        datas, keys = pickle.loads(payload)
+        datas, keys, parse = pickle.loads(payload)
+        if parse:
+            try:
+                reply(parse_chunk(datas))
+            except Exception:  # never leave the parent waiting; None: parse these in-process
+                reply(None)
         try:
-            reply = pickle.dumps(check_chunk(datas, keys), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # never leave the parent waiting
-            reply = pickle.dumps((bytes([UNCHECKED]) * len(datas), [None] * len(datas)))
-        stdout.write(_HEADER.pack(len(reply)) + reply)
-        stdout.flush()
+            reply(check_chunk(datas, keys))
+        except Exception:
+            reply((bytes([UNCHECKED]) * len(datas), [None] * len(datas)))
 
 
 # ---- the parent side ------------------------------------------------------------------------------------------
 
 
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding consent/
+
+
 class _Worker:
     def __init__(self):
+        # -P: not consent/ on sys.path (its modules would shadow others); the project folder instead, so that
+        # parse_chunk can import consent.entries.
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", os.path.abspath(__file__)],  # -P: not this folder on sys.path
+            [sys.executable, "-P", os.path.abspath(__file__), _PROJECT],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             close_fds=True,
         )
 
-    def send(self, datas: list[bytes], keys: dict[str, str]) -> None:
-        payload = pickle.dumps((datas, keys), protocol=pickle.HIGHEST_PROTOCOL)
+    def send(self, datas: list[bytes], keys: dict[str, str], parse: bool) -> None:
+        payload = pickle.dumps((datas, keys, parse), protocol=pickle.HIGHEST_PROTOCOL)
         self.proc.stdin.write(_HEADER.pack(len(payload)) + payload)
         self.proc.stdin.flush()
 
-    def receive(self) -> tuple[bytes, list[str | None]]:
+    def receive(self):
         header = _read_exact(self.proc.stdout, _HEADER.size)
         if header is None:
             raise EOFError("signature worker exited")
@@ -235,19 +268,49 @@ class _Worker:
 
 
 class Pending:
-    """Signature checks of one batch in flight; `collect()` exactly once (also on error paths)."""
+    """Checks of one batch in flight: `parse_errors()` (if asked for) then `collect()`, which must be called
+    (also on error paths) to free the workers."""
 
-    def __init__(self, pool: "SignaturePool", parts: list[tuple[int, int, "_Worker"]], keys: dict[str, str], n: int):
-        self.pool, self.parts, self.keys, self.n = pool, parts, keys, n
+    def __init__(self, pool: "SignaturePool", parts: list[tuple[int, int, "_Worker"]], keys: dict[str, str], n: int,
+                 parse: bool):  # fmt: skip
+        self.pool, self.parts, self.keys, self.n, self.parse = pool, parts, keys, n, parse
+        self._parsed: list[tuple[int, str]] | None = None
+        self._parse_read = False
         self._result: tuple[bytearray, list[str | None]] | None = None
+        self._broken = False
+        self.waited = 0.0  # seconds the caller spent blocked on the workers' answers
+
+    def parse_errors(self) -> list[tuple[int, str]] | None:
+        """[(batch position, parse_entry's message)] for the entries sent, in order; None: parse them yourself."""
+        if not self.parse or self._parse_read or self._broken:
+            return self._parsed
+        self._parse_read = True
+        started = time.perf_counter()
+        out: list[tuple[int, str]] | None = []
+        for start, _, worker in self.parts:  # every worker's verdicts are read, to keep the protocol in step
+            try:
+                errors = worker.receive()
+            except Exception:
+                self._broken = True
+                return None
+            if errors is None or out is None:
+                out = None  # a worker could not parse: the caller parses everything itself
+            else:
+                out.extend((start + i, message) for i, message in errors)
+        self._parsed = out
+        self.waited += time.perf_counter() - started
+        return out
 
     def collect(self) -> tuple[bytearray, list[str | None]]:
         if self._result is not None:
             return self._result
+        if self.parse and not self._parse_read:
+            self.parse_errors()  # read past the parse verdicts to the signature verdicts
+        started = time.perf_counter()
         status = bytearray([UNCHECKED]) * self.n
         used: list[str | None] = [None] * self.n
-        broken = False
-        for start, count, worker in self.parts:
+        broken = self._broken
+        for start, count, worker in self.parts if not broken else ():
             try:
                 st, us = worker.receive()
                 if len(st) != count or len(us) != count:
@@ -260,6 +323,7 @@ class Pending:
         if broken:
             self.pool._discard()
         self.pool._busy.release()
+        self.waited += time.perf_counter() - started
         self._result = (status, used)
         return self._result
 
@@ -273,8 +337,8 @@ class SignaturePool:
         self._busy = threading.Lock()
         atexit.register(self.shutdown)
 
-    def submit(self, datas: list[bytes], keys: dict[str, str]) -> Pending | None:
-        """Starts checking; None if the workers are taken by another batch or cannot run (check in-process)."""
+    def submit(self, datas: list[bytes], keys: dict[str, str], parse: bool = False) -> Pending | None:
+        """Starts checking (parse too, if asked); None if the workers are taken by another batch or cannot run."""
         if not datas or not self._busy.acquire(blocking=False):
             return None
         try:
@@ -285,13 +349,13 @@ class SignaturePool:
             step = -(-n // len(self._procs))
             parts = []
             for w, start in zip(self._procs, range(0, n, step)):
-                w.send(datas[start : start + step], keys)
+                w.send(datas[start : start + step], keys, parse)
                 parts.append((start, min(step, n - start), w))
         except Exception:
             self._discard()
             self._busy.release()
             return None
-        return Pending(self, parts, keys, n)
+        return Pending(self, parts, keys, n, parse)
 
     def _discard(self) -> None:
         procs, self._procs = self._procs, []
@@ -312,4 +376,6 @@ POOL = SignaturePool()
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        sys.path.insert(0, sys.argv[1])
     serve()

@@ -184,19 +184,34 @@ def _check_chunk(url: str, start: int, end: int, keys: dict[str, str]) -> ChunkR
 
 
 class _ChunkResults:
-    """The workers' chunk results, read in log order by the streaming pass; a chunk no worker has started by the
-    time it is needed is done in this process instead (so neither side idles while the other has work)."""
+    """The workers' chunk results, read in log order by the streaming pass. While the chunk it needs next is still
+    being worked on, this process takes the LAST chunk no worker has started and does it itself (work stealing
+    from the tail), so neither side idles while the other has work."""
 
     def __init__(self, chunks: list, futures: list[Future]):
         self.chunks, self.futures = chunks, futures
         self.done: list[ChunkResult | None] = [None] * len(chunks)
         self.k = 0
+        self.tail = len(chunks) - 1  # chunks above this one are done or taken
 
     def result(self, k: int) -> ChunkResult:
+        fut = self.futures[k]
+        while self.done[k] is None and not fut.done():
+            if not self._steal(k):
+                break
         if self.done[k] is None:
-            fut = self.futures[k]
-            self.done[k] = _check_chunk(*self.chunks[k]) if not fut.done() and fut.cancel() else fut.result()
+            self.done[k] = _check_chunk(*self.chunks[k]) if fut.cancel() else fut.result()
         return self.done[k]
+
+    def _steal(self, k: int) -> bool:
+        """Does one not-yet-started chunk after k in this process; False if there is none."""
+        while self.tail > k:
+            j = self.tail
+            self.tail -= 1
+            if self.done[j] is None and self.futures[j].cancel():
+                self.done[j] = _check_chunk(*self.chunks[j])
+                return True
+        return False
 
     def parse_verdict(self, idx: int) -> tuple[bool, str | None]:
         """(known, error): known=False if no chunk vouches for entry idx; else error is None if it parses."""

@@ -38,6 +38,10 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
+    # Checkpoint the WAL into the database every ~40 MB rather than every ~4 MB: a large append batch dirties a few
+    # MB of index pages, and folding them back after each commit cost ~10% of the append path. Durability is the
+    # WAL's (fsynced at every commit either way).
+    cur.execute("PRAGMA wal_autocheckpoint=10000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 

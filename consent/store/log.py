@@ -3,14 +3,21 @@
 One transaction per batch: lock the head row, judge every entry against the log (consent.rules), insert the
 entries, the new perfect-subtree hashes and the derived indexes, move the head, commit. Only after the commit
 returns are indices handed back, so an acknowledged entry survives a crash.
+
+Large batches take a faster road to the same outcome. Their Ed25519 signatures go to worker processes
+(consent.sigcheck) before the batch is even parsed, and a share of them is kept back to verify here; the rows are
+sent to the database by a writer thread while this thread runs the rules, the signature step left for last. The
+statements are plain DBAPI calls (COPY and pipelines on PostgreSQL, a handful of round trips per batch), and the
+Merkle frontier is kept in memory between appends. Whatever the road, the batch is refused, with the same error,
+exactly when entry-by-entry checking would refuse it, and nothing of a refused batch is stored.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import threading
-import time
 from collections.abc import Iterator, Sequence
 
 from sqlalchemy import Engine, select, update
@@ -44,6 +51,7 @@ _NODE_COLUMNS = ("level", "idx", "hash")
 _EVENT_COLUMNS = ("idx", "partner_id", "subject_ref", "kind", "consent_id", "purposes", "categories", "valid_until")
 _CONSENT_COLUMNS = ("consent_id", "partner_id", "subject_ref", "kind", "idx")
 _SUBJECT_COLUMNS = ("subject_ref", "partner_id", "first_idx")
+_COPY_FROM = 256  # rows from which a PostgreSQL insert uses COPY rather than the pipelined INSERT
 # Binary COPY sends each value in its column's wire format (consent.store.tables: BigInteger, Integer, bytea, text).
 _PG_TYPES = {
     "idx": "int8", "first_idx": "int8", "level": "int4", "leaf_hash": "bytea", "data": "bytea", "hash": "bytea",
@@ -90,9 +98,13 @@ class LedgerStore:
     def append(self, batch: Sequence[SignedEntry | bytes]) -> list[int]:
         """Appends the batch atomically and returns the leaf indices; raises AppendError and stores nothing."""
         pending = self._check_signatures_ahead(batch) if len(batch) >= self.parallel_verify_min else None
+        confirm = None  # with workers: raises the batch's parse error, if any, once their verdicts are in
         try:
-            parsed = [self._parse(item, i) for i, item in enumerate(batch)]
-        except AppendError:
+            if pending is None:
+                parsed = [self._parse(item, i) for i, item in enumerate(batch)]
+            else:
+                parsed, confirm = self._parse_with_workers(batch, pending)
+        except BaseException:
             _cancel(pending)
             raise
         if not parsed:
@@ -103,10 +115,12 @@ class LedgerStore:
             try:
                 with self.engine.begin() as conn:
                     sql = _Sql(conn)
-                    # Touching the head row first takes the write lock (row lock on PostgreSQL, RESERVED on
-                    # SQLite), so the size it returns cannot move under us.
-                    start = sql.lock_head()
-                    state = self._state_for(sql, parsed, leaves, start)
+                    try:
+                        start, state = self._state_for(sql, parsed, leaves)
+                    except Exception:
+                        if confirm is not None:
+                            confirm()  # entries that do not parse explain it, and are what must be reported
+                        raise
                     existing_subjects = set(state.subjects)
                     if pending is None:
                         for i, (entry, leaf) in enumerate(zip(parsed, leaves)):
@@ -115,8 +129,14 @@ class LedgerStore:
                         frontier = self._write(sql, rows)
                         self._finish(sql, rows, state)
                     else:
-                        frontier = self._judge_and_insert(sql, parsed, leaves, start, state, existing_subjects, pending)
-                    sql.set_head(start + len(parsed))
+                        writer = _Writer(self._write, sql, _BatchRows(parsed, leaves, start, existing_subjects))
+                        if confirm is not None:
+                            try:
+                                confirm()
+                            except BaseException:
+                                writer.join()
+                                raise
+                        frontier = self._judge_and_insert(parsed, leaves, state, pending, writer, sql)
             except BaseException:
                 _cancel(pending)
                 raise
@@ -125,7 +145,7 @@ class LedgerStore:
             self._keys.update({k: v for k, v in state.keys.items()})
         return list(range(start, start + len(parsed)))
 
-    def _judge_and_insert(self, sql, parsed, leaves, start, state, existing_subjects, pending: sigcheck.Pending):
+    def _judge_and_insert(self, parsed, leaves, state, pending: sigcheck.Pending, writer: "_Writer", sql):
         """check_entry for every entry, and the inserts, while the workers are still verifying signatures.
 
         The rows of a batch do not depend on the verdicts, only whether they are committed does: a writer thread
@@ -134,7 +154,6 @@ class LedgerStore:
         share of signatures kept back from the workers. The verdicts are read last. The error raised is still the
         one sequential checking gives: a bad signature at j wins over any later failure, and over a failure at j
         itself after the signature step (role, scope, semantics); a write error only counts if the rules pass."""
-        writer = _Writer(self._write, sql, _BatchRows(parsed, leaves, start, existing_subjects))
         keys_used: list[KeyRecord] = []
         failure: BaseException | None = None
         limit = len(parsed)  # entries whose signatures sequential checking would have verified
@@ -162,12 +181,11 @@ class LedgerStore:
                 self._finish(sql, writer.rows, state)
             except Exception as exc:
                 failure = exc
-        waited = time.perf_counter()
         verdicts = self._verdicts(pending, parsed)
-        waited = time.perf_counter() - waited
-        # Steer the share kept in-process so that neither side waits for the other (2 ms of slack).
-        if waited > 0.002:
-            self._inline_share = min(0.5, self._inline_share + 0.02)
+        # Steer the share kept in-process (parsed and verified here) so that this thread does not wait for the
+        # workers, nor they for it (2 ms of slack per batch).
+        if pending.waited > 0.002:
+            self._inline_share = min(0.5, self._inline_share + 0.03)
         else:
             self._inline_share = max(0.0, self._inline_share - 0.01)
         verdicts[pending.n : limit] = own
@@ -176,6 +194,49 @@ class LedgerStore:
         if failure is not None:
             raise failure
         return frontier
+
+    def _parse_with_workers(self, batch: Sequence[SignedEntry | bytes], pending: sigcheck.Pending):
+        """(entries, confirm): the batch parsed, the entries sent to the workers validated there (parse_entry),
+        the rest here. While the workers run parse_entry, this thread decodes the JSON of the same bytes: an entry
+        they pass is SignedEntry(bytes, that JSON), exactly what parse_entry returns. So that the log's write lock,
+        the reads and the inserts need not wait for their verdicts, the entries are returned at once, with
+        `confirm`, which raises the error for the first entry in the batch that does not parse (as parsing here
+        one by one would) and must be called before anything is judged or committed; confirm is None when the
+        verdicts were already needed here."""
+        datas = [bytes(item.data if isinstance(item, SignedEntry) else item) for item in batch]
+        sent = pending.n
+        head: list[SignedEntry | None] = []
+        for data in datas[:sent]:
+            try:
+                fields = json.loads(data.decode("utf-8"))
+            except Exception:
+                fields = None  # the workers' parse_entry says why
+            head.append(SignedEntry(data=data, fields=fields) if type(fields) is dict else None)
+        own: list[SignedEntry] = []
+        own_error = None
+        for i in range(sent, len(datas)):
+            try:
+                own.append(self._parse(datas[i], i))
+            except AppendError as exc:
+                own_error = exc
+                break
+
+        def confirm() -> None:
+            errors = pending.parse_errors()
+            if errors is None:  # the workers could not say: parse here
+                for i in range(sent):
+                    self._parse(datas[i], i)
+            elif errors:
+                position, message = errors[0]
+                raise AppendError(INVALID_ARGUMENT, message, position)
+            if own_error is not None:
+                raise own_error
+
+        if own_error is not None or any(e is None for e in head):
+            confirm()  # the batch is refused: wait for the verdicts that name the first bad entry
+            head = [e if e is not None else self._parse(datas[i], i) for i, e in enumerate(head)]
+            return head + own, None
+        return head + own, confirm
 
     @staticmethod
     def _parse(item: SignedEntry | bytes, position: int) -> SignedEntry:
@@ -206,7 +267,7 @@ class LedgerStore:
         if not keys:
             return None  # keys not cached yet (first batch of a process): verified in-process
         keep = int(len(datas) * self._inline_share)
-        return sigcheck.POOL.submit(datas[: len(datas) - keep], keys)
+        return sigcheck.POOL.submit(datas[: len(datas) - keep], keys, parse=True)
 
     @staticmethod
     def _verdicts(pending: sigcheck.Pending | None, parsed: list[SignedEntry]) -> list[tuple[int, str] | None] | None:
@@ -221,11 +282,11 @@ class LedgerStore:
                 out[i] = (status[i], keys[kid])
         return out
 
-    def _state_for(self, sql: "_Sql", batch: list[SignedEntry], leaves: list[bytes], start: int) -> LogState:
-        """Prefetches exactly the rows the rules will ask about, so judging a batch costs a few queries."""
-        state = LogState(empty_log=start == 0)
-        key_ids = {e.key_id for e in batch} | {e.body.get("replaces") for e in batch if e.type == "key.rotated"}
-        state.keys = self._load_keys(sql.conn, {k for k in key_ids if isinstance(k, str)})
+    def _state_for(self, sql: "_Sql", batch: list[SignedEntry], leaves: list[bytes]) -> tuple[int, LogState]:
+        """Takes the log's write lock and prefetches exactly the rows the rules will ask about; (size, state).
+
+        Touching the head row first takes the write lock (row lock on PostgreSQL, RESERVED on SQLite), so the size
+        it returns cannot move under us, nor can the rows read after it (on PostgreSQL in the same round trip)."""
         refs = set()
         consent_ids = set()
         for e in batch:
@@ -237,19 +298,18 @@ class LedgerStore:
                 value = body.get(name)
                 if isinstance(value, str):
                     consent_ids.add(value)
+        start, subject_rows, consent_rows, leaf_rows = sql.lock_and_read(refs, consent_ids, set(leaves))
+        state = LogState(empty_log=start == 0)
+        key_ids = {e.key_id for e in batch} | {e.body.get("replaces") for e in batch if e.type == "key.rotated"}
+        state.keys = self._load_keys(sql.conn, {k for k in key_ids if isinstance(k, str)})
         subjects = state.subjects
-        for ref, partner, erasure_idx, erased_idx in sql.select_in(
-            "SELECT subject_ref, partner_id, erasure_requested_idx, erased_idx FROM subjects", "subject_ref", refs
-        ):
+        for ref, partner, erasure_idx, erased_idx in subject_rows:
             subjects[ref] = SubjectRecord(partner, erasure_idx is not None, erased_idx is not None)
         consents = state.consents
-        for consent_id, partner, ref, kind in sql.select_in(
-            "SELECT consent_id, partner_id, subject_ref, kind FROM consents", "consent_id", consent_ids
-        ):
+        for consent_id, partner, ref, kind in consent_rows:
             consents[consent_id] = ConsentRecord(partner, ref, kind)
-        found = sql.select_in("SELECT leaf_hash FROM entries", "leaf_hash", set(leaves))
-        state.leaf_hashes.update(bytes(r[0]) for r in found)
-        return state
+        state.leaf_hashes.update(bytes(r[0]) for r in leaf_rows)
+        return start, state
 
     def _load_keys(self, conn, key_ids: set[str]) -> dict[str, KeyRecord]:
         out = {}
@@ -265,14 +325,17 @@ class LedgerStore:
         return out
 
     def _write(self, sql: "_Sql", rows: "_BatchRows") -> tuple[int, dict] | None:
-        """Inserts the batch's entries, new tree nodes and consent indexes; returns the Merkle frontier after it."""
+        """Inserts the batch's entries, new tree nodes and consent indexes and moves the head past them (all
+        undone by a rollback if the batch is refused); returns the Merkle frontier after the batch."""
         rows.build()
-        sql.insert_rows("entries", _ENTRY_COLUMNS, rows.entries)
         nodes, frontier = self._new_nodes(sql, rows.start, rows.leaves)
-        sql.insert_rows("tree_nodes", _NODE_COLUMNS, [(lv, i, h) for lv, i, h in nodes if lv > 0])
-        sql.insert_rows("consent_events", _EVENT_COLUMNS, rows.events)
-        sql.insert_rows("consents", _CONSENT_COLUMNS, rows.consents)
-        sql.insert_rows("subjects", _SUBJECT_COLUMNS, list(rows.new_subjects.values()))
+        sql.write([
+            ("entries", _ENTRY_COLUMNS, rows.entries),
+            ("tree_nodes", _NODE_COLUMNS, [(lv, i, h) for lv, i, h in nodes if lv > 0]),
+            ("consent_events", _EVENT_COLUMNS, rows.events),
+            ("consents", _CONSENT_COLUMNS, rows.consents),
+            ("subjects", _SUBJECT_COLUMNS, list(rows.new_subjects.values())),
+        ], head=rows.start + len(rows.leaves))  # fmt: skip
         return frontier
 
     def _finish(self, sql: "_Sql", rows: "_BatchRows", state: LogState) -> None:
@@ -555,7 +618,8 @@ class _Sql:
     """The append path's statements as plain DBAPI calls inside the caller's transaction.
 
     They skip SQLAlchemy's per-statement compilation and per-row parameter processing, which cost more than the
-    inserts themselves at thousands of rows per batch; on PostgreSQL rows go in with COPY."""
+    inserts themselves at thousands of rows per batch. On PostgreSQL, where every round trip is a wait for the
+    server process, statements are grouped into pipelines and large row sets go in by COPY."""
 
     def __init__(self, conn):
         self.conn = conn
@@ -571,20 +635,59 @@ class _Sql:
         finally:
             cur.close()
 
-    def lock_head(self) -> int:
-        rows = self._all("UPDATE ledger_head SET tree_size = tree_size WHERE id = 1 RETURNING tree_size")
-        return rows[0][0]
+    def lock_and_read(self, refs: set[str], consent_ids: set[str], leaves: set[bytes]):
+        """(tree size, subject rows, consent rows, leaf-hash rows already stored), the head row locked first.
 
-    def set_head(self, size: int) -> None:
-        self.execute_many("UPDATE ledger_head SET tree_size = {} WHERE id = {}", [(size, 1)])
+        On PostgreSQL the four statements go in one pipeline: one round trip, not four."""
+        lock = "UPDATE ledger_head SET tree_size = tree_size WHERE id = 1 RETURNING tree_size"
+        reads = [
+            ("SELECT subject_ref, partner_id, erasure_requested_idx, erased_idx FROM subjects", "subject_ref", refs),
+            ("SELECT consent_id, partner_id, subject_ref, kind FROM consents", "consent_id", consent_ids),
+            ("SELECT leaf_hash FROM entries", "leaf_hash", leaves),
+        ]
+        if not self.pg:
+            start = self._all(lock)[0][0]
+            return (start, *[self.select_in(*r) for r in reads])
+        with self.raw.driver_connection.pipeline():
+            cursors = [self.raw.cursor() for _ in range(4)]
+            cursors[0].execute(lock)
+            for cur, (prefix, column, values) in zip(cursors[1:], reads):
+                # A semi-join on the unnested array, planned for each call (prepare=False): a cached generic plan
+                # for `= ANY($1)` may scan the whole table, comparing every row with every value.
+                kind = "bytea" if column == "leaf_hash" else "text"
+                cur.execute(f"{prefix} WHERE {column} IN (SELECT unnest(%s::{kind}[]))", (list(values),), prepare=False)
+            out = [cur.fetchall() for cur in cursors]
+        for cur in cursors:
+            cur.close()
+        return (out[0][0][0], *out[1:])
+
+    def write(self, tables: list[tuple[str, tuple[str, ...], list[tuple]]], head: int) -> None:
+        """Inserts rows into each table and sets the head; on PostgreSQL one pipeline of one INSERT per table."""
+        if not self.pg:
+            for table, columns, rows in tables:
+                self.insert_rows(table, columns, rows)
+            self.execute_many("UPDATE ledger_head SET tree_size = {} WHERE id = {}", [(head, 1)])
+            return
+        # Many rows go in by COPY (the least work for the server per row, one round trip per table); the rest,
+        # and the head, in one pipeline of one INSERT per table (the rows as one array per column, unnested).
+        many = [(t, c, r) for t, c, r in tables if len(r) >= _COPY_FROM]
+        for table, columns, rows in many:
+            self.insert_rows(table, columns, rows)
+        with self.raw.driver_connection.pipeline():
+            cur = self.raw.cursor()
+            for table, columns, rows in tables:
+                if rows and len(rows) < _COPY_FROM:
+                    arrays = ", ".join(f"%b::{_PG_TYPES[c]}[]" for c in columns)
+                    cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})",
+                                [list(col) for col in zip(*rows)])  # fmt: skip
+            cur.execute("UPDATE ledger_head SET tree_size = %s WHERE id = 1", (head,))
+        cur.close()
 
     def select_in(self, prefix: str, column: str, values) -> list[tuple]:
         values = list(values)
         if not values:
             return []
-        if self.pg:
-            return self._all(f"{prefix} WHERE {column} = ANY(%s)", (values,))
-        out: list[tuple] = []
+        out: list[tuple] = []  # SQLite only (PostgreSQL reads in lock_and_read's pipeline)
         for i in range(0, len(values), _IN_CHUNK):
             chunk = values[i : i + _IN_CHUNK]
             out += self._all(f"{prefix} WHERE {column} IN ({','.join('?' * len(chunk))})", chunk)
@@ -618,7 +721,7 @@ class _Sql:
             cur.close()
 
     def frontier(self, size: int) -> dict[tuple[int, int], bytes]:
-        """The perfect nodes whose fold is the root at `size`, read in at most two statements (missing ones left out)."""
+        """The perfect nodes whose fold is the root at `size`, in at most two statements (missing ones left out)."""
         out: dict[tuple[int, int], bytes] = {}
         wanted = merkle.frontier_nodes(size)
         leaves = [i for lv, i in wanted if lv == 0]
