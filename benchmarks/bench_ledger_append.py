@@ -83,6 +83,7 @@ def run_once(backend: str, batch: int, entries: list[bytes], operator: Identity,
         ledger = Ledger.open(url, operator)
         try:
             ledger.register(partner)
+            fx.publish_notice(ledger, partner)
             latencies = []
             cpu0 = _cpu_now(url)
             t0 = time.perf_counter()
@@ -92,7 +93,7 @@ def run_once(backend: str, batch: int, entries: list[bytes], operator: Identity,
                 latencies.append(time.perf_counter() - t1)
             elapsed = time.perf_counter() - t0
             cpu = [(b - a) / len(entries) * 1e6 for a, b in zip(cpu0, _cpu_now(url))]
-            assert ledger.tree_size() == len(entries) + 2
+            assert ledger.tree_size() == len(entries) + 3
         finally:
             ledger.close()
     return len(entries) / elapsed, statistics.median(latencies), cpu
@@ -104,7 +105,7 @@ def run_grpc(backend: str, batch: int, n: int, tmp: Path) -> tuple[float, float]
     import subprocess
     import sys
 
-    from cohort.keyring import init_keys
+    from consent.keyring import init_keys
     from consent.client import LedgerClient
 
     keys = Path(tempfile.mkdtemp(prefix=f"keys-{backend}-", dir=tmp))
@@ -126,6 +127,7 @@ def run_grpc(backend: str, batch: int, n: int, tmp: Path) -> tuple[float, float]
                     break
                 except Exception:
                     time.sleep(0.1)
+            fx.publish_notice(client, partner)
             client.append(entries[:batch])  # warm-up: caches the partner key, starts the signature workers
             latencies = []
             t0 = time.perf_counter()

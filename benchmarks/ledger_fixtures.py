@@ -21,11 +21,12 @@ if str(ROOT) not in sys.path:
 
 from consent.entries import make_entry  # noqa: E402
 from consent.keys import Identity  # noqa: E402
+from consent.partner import DEFAULT_NOTICE  # noqa: E402
 
 PG_ADMIN = os.environ.get("COHORT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CACHE = Path(os.environ.get("COHORT_BENCH_CACHE", "/tmp/cohort-bench"))
 
-NOTICE = {"id": "cohort-modelling", "version": "1", "sha256": hashlib.sha256(b"cohort-modelling notice v1").hexdigest()}
+NOTICE = DEFAULT_NOTICE.ref()  # every consent cites a notice its partner published first (publish_notice)
 PURPOSE_MIX = (
     ["churn_ltv_modelling"],
     ["churn_ltv_modelling", "recommendation"],
@@ -33,6 +34,13 @@ PURPOSE_MIX = (
     ["recommendation"],
 )
 CATEGORY_MIX = (["behavioural", "transaction"], ["basic", "behavioural", "transaction"], ["behavioural"])
+
+
+def publish_notice(ledger, partner: Identity) -> int:
+    """The `notice.published` entry the ledger requires before it accepts consents citing NOTICE."""
+    body = {"partner_id": partner.name, "notice_id": DEFAULT_NOTICE.notice_id, "version": DEFAULT_NOTICE.version,
+            "sha256": DEFAULT_NOTICE.sha256, "purposes": sorted({p for mix in PURPOSE_MIX for p in mix})}  # fmt: skip
+    return ledger.append([make_entry("notice.published", body, partner)])[0]
 
 
 def consent_body(partner_id: str, i: int, rnd: bytes) -> dict:
@@ -122,16 +130,18 @@ def fresh_database(backend: str, tmpdir: Path):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
-def machine() -> str:
-    model = "unknown CPU"
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{os.cpu_count()} cores (nproc), {model}, Python {platform.python_version()}"
+    return "unknown CPU"
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores (nproc), {cpu_model()}, Python {platform.python_version()}"
 
 
 def load() -> str:
@@ -147,7 +157,7 @@ def peak_rss_mib() -> tuple[float, float]:
 
 # ---- a large cached log, shared by bench_ledger_verify.py and bench_eligibility.py -----------------------------
 
-BIG_VERSION = 1  # bump when the generated log changes shape
+BIG_VERSION = 2  # bump when the generated log changes shape
 
 
 def big_log(n_consents: int, withdraw_every: int = 200, checkpoint_every: int = 100_000, batch: int = 1000,
@@ -172,6 +182,7 @@ def big_log(n_consents: int, withdraw_every: int = 200, checkpoint_every: int = 
     partner = Identity.generate("partner-a", "partner")
     ledger = Ledger.open(str(path), operator)
     ledger.register(partner)
+    publish_notice(ledger, partner)
     ledger.register(Identity.generate("coordinator", "coordinator"))
     ledger.register(Identity.generate("partner-b", "partner"))
     done = withdrawals = 0

@@ -6,7 +6,10 @@
 Messages:
 * train    -- arrays = global model, config = ``RoundConfig``; reply: arrays, metrics, manifest.
 * evaluate -- the same request; reply: metrics of the global model on the partner's local evaluation rows.
-* query    -- preflight: reply ``readiness`` (eligible count at the checkpoint, feature schema, epsilon spent).
+* query    -- preflight: reply ``readiness`` (eligible count at the checkpoint, consenting count before the lifetime
+  budget cap, feature schema, epsilon spent).
+
+All three use the job's eligible set as first asked in the job (``client.job_eligibility``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.data import EligibleRows, PartnerData, feature_schema_digest, load_eligible_rows
+from client.data import EligibleRows, PartnerData, consenting_count, feature_schema_digest, load_eligible_rows
 from client.eligibility import Ledger
+from client.job_eligibility import job_eligible_set
 from client.manifest import code_hash, manifest_part
 from client.partner import Partner, resolve_partner
 from client.privacy import PrivateRound, noise_plan, spent_so_far, train_privately
@@ -44,8 +48,8 @@ def make_client_app(ledger: Ledger | None = None, data: PartnerData | None = Non
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         job = RoundConfig.from_record(msg.content[CONFIG])
-        partner = resolve_partner(context, ledger, data)
-        rows = load_eligible_rows(partner.ledger, partner.data, partner.partner_id, job)
+        partner = resolve_partner(context, ledger, data, job)
+        rows = job_rows(partner, job, context)
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
         spent = train_privately(model, rows.train, job, context.state, partner.state_dir)
         part = manifest_part(partner.partner_id, job, rows, spent)
@@ -54,19 +58,24 @@ def make_client_app(ledger: Ledger | None = None, data: PartnerData | None = Non
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         job = RoundConfig.from_record(msg.content[CONFIG])
-        partner = resolve_partner(context, ledger, data)
-        rows = load_eligible_rows(partner.ledger, partner.data, partner.partner_id, job)
+        partner = resolve_partner(context, ledger, data, job)
+        rows = job_rows(partner, job, context)
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
         return reply(msg, {METRICS: evaluation_metrics(model, rows)})
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:
         job = RoundConfig.from_record(msg.content[CONFIG])
-        partner = resolve_partner(context, ledger, data)
-        rows = load_eligible_rows(partner.ledger, partner.data, partner.partner_id, job)
+        partner = resolve_partner(context, ledger, data, job)
+        rows = job_rows(partner, job, context)
         return reply(msg, {READINESS: readiness(partner, rows, job, context)})
 
     return client_app
+
+
+def job_rows(partner: Partner, job: RoundConfig, context: Context) -> EligibleRows:
+    eligible = job_eligible_set(partner.ledger, partner.partner_id, job, context.state, partner.state_dir)
+    return load_eligible_rows(partner.ledger, partner.data, partner.partner_id, job, eligible)
 
 
 def global_model(record: ArrayRecord, n_features: int, job: RoundConfig) -> ChurnLTVNet:
@@ -118,6 +127,7 @@ def readiness(partner: Partner, rows: EligibleRows, job: RoundConfig, context: C
         {
             "partner-id": partner.partner_id,
             "eligible-count": rows.eligible.count,
+            "consenting-count": consenting_count(partner.ledger, partner.partner_id, job, rows.eligible),
             "eligible-root": rows.eligible.root,
             "train-rows": train_rows,
             "noise-multiplier": plan.noise_multiplier if plan else 0.0,

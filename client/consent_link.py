@@ -46,6 +46,12 @@ class ConsentLink:
         )  # fmt: skip
         return EligibleSet(subject_refs=tuple(found.subject_refs), count=found.count, root=found.root.hex())
 
+    def consenting_count(self, partner_id: str, purpose: str, categories: Sequence[str], tree_size: int) -> int:
+        """How many subjects consent at ``tree_size``, before the lifetime cap (preflight explains a refusal)."""
+        found = self.reader.eligible_set(partner_id, purpose, list(categories), tree_size=tree_size,
+                                         day=self.day or dt.date.today().isoformat())  # fmt: skip
+        return int(found.count)
+
     def subject_refs_for(self, partner_id: str, user_ids: Sequence[str]) -> dict[str, str]:
         secret = self.secrets.get(partner_id)
         if secret is None:
@@ -127,6 +133,9 @@ class LinkByURL:
 
     def eligible_subjects(self, partner_id: str, purpose: str, categories: Sequence[str], tree_size: int) -> EligibleSet:
         return self._open().eligible_subjects(partner_id, purpose, categories, tree_size)
+
+    def consenting_count(self, partner_id: str, purpose: str, categories: Sequence[str], tree_size: int) -> int:
+        return self._open().consenting_count(partner_id, purpose, categories, tree_size)
 
     def subject_refs_for(self, partner_id: str, user_ids: Sequence[str]) -> dict[str, str]:
         return self._open().subject_refs_for(partner_id, user_ids)

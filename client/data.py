@@ -2,7 +2,7 @@
 
 Where the events come from is a ``PartnerData`` source: the seeded synthetic platforms (simulation, demo, tests)
 or whatever a deployment plugs in. Feature tables are cached per process, since they do not change during a job;
-eligibility is asked of the ledger every round (it is cheap, and always at the job's fixed checkpoint).
+the ClientApp hands in the job's eligible set, asked of the ledger once per job (``client.job_eligibility``).
 
 Rows are split into a training part and a local evaluation part by a hash of the subject_ref, so the split is the
 same in every round and on every run, and a subject never moves between the two.
@@ -86,10 +86,14 @@ class EligibleRows:
     skipped_unmapped: int  # rows whose user has no subject_ref (never recorded, or erased): not used
 
 
-def load_eligible_rows(ledger: Ledger, data: PartnerData, partner_id: str, job: RoundConfig) -> EligibleRows:
-    """Feature rows of ``partner_id`` whose subject is in the ledger's eligible set at ``job.tree_size``."""
+def load_eligible_rows(
+    ledger: Ledger, data: PartnerData, partner_id: str, job: RoundConfig, eligible: EligibleSet | None = None
+) -> EligibleRows:
+    """Feature rows of ``partner_id`` whose subject is in ``eligible`` (default: the ledger's eligible set at
+    ``job.tree_size``, asked now)."""
     table = data.features(partner_id, tuple(job.categories))
-    eligible = eligible_subjects(ledger, partner_id, job.purpose, job.categories, job.tree_size)
+    if eligible is None:
+        eligible = eligible_subjects(ledger, partner_id, job.purpose, job.categories, job.tree_size)
     user_ids = [str(u) for u in np.asarray(table.user_ids)]
     refs = subject_refs_for(ledger, partner_id, user_ids)
     allowed = set(eligible.subject_refs)
@@ -106,6 +110,15 @@ def load_eligible_rows(ledger: Ledger, data: PartnerData, partner_id: str, job: 
         feature_names=tuple(table.feature_names),
         skipped_unmapped=sum(1 for u in user_ids if u not in refs),
     )
+
+
+def consenting_count(ledger: Ledger, partner_id: str, job: RoundConfig, eligible: EligibleSet) -> int:
+    """Subjects consenting at the checkpoint before any lifetime-budget cap: with ``eligible.count`` == 0 it tells
+    "nobody consents" from "everyone consenting is over budget". A ledger link without a cap has nothing to add."""
+    ask = getattr(ledger, "consenting_count", None)
+    if ask is None:
+        return eligible.count
+    return int(ask(partner_id, job.purpose, list(job.categories), job.tree_size))
 
 
 def _is_evaluation(subject_ref: str, fraction: float) -> bool:

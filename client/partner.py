@@ -1,7 +1,9 @@
 """Which partner this node is, and where its ledger and its data are, from the Flower context.
 
 Precedence: objects handed to ``make_client_app`` (simulation, tests) > the node config (``--node-config`` of the
-partner's SuperNode: its own settings) > the run config (``[tool.flwr.app.config]`` / ``--run-config``).
+partner's SuperNode: its own settings) > the run config (``[tool.flwr.app.config]`` / ``--run-config``) > what the
+server announces in the round's ``RoundConfig`` (``ledger_link``: the ServerApp's embedded ledger when nothing is
+configured, see ``server.embedded``; simulated SuperNodes share the ServerApp's filesystem).
 
 Node config keys: ``partner-id`` (else ``partition-id`` indexes the partner list), ``ledger-url``, ``state-dir``
 (where the partner keeps its privacy spend across SuperNode restarts).
@@ -16,6 +18,7 @@ from flwr.app import Context
 
 from client.data import DEFAULT_PLATFORMS, PartnerData, SyntheticPlatforms
 from client.eligibility import Ledger, open_ledger
+from client.protocol import RoundConfig
 
 
 @dataclass(frozen=True)
@@ -26,11 +29,13 @@ class Partner:
     state_dir: str | None = None
 
 
-def resolve_partner(context: Context, ledger: Ledger | None = None, data: PartnerData | None = None) -> Partner:
+def resolve_partner(
+    context: Context, ledger: Ledger | None = None, data: PartnerData | None = None, job: RoundConfig | None = None
+) -> Partner:
     data = data if data is not None else data_from_config(context)
     return Partner(
         partner_id=partner_id_of(context, data),
-        ledger=ledger or ledger_from_config(context),
+        ledger=ledger or ledger_from_config(context, job),
         data=data,
         state_dir=str(context.node_config.get("state-dir", "")) or None,
     )
@@ -48,13 +53,19 @@ def partner_id_of(context: Context, data: PartnerData) -> str:
     return data.partners[index]
 
 
-def ledger_from_config(context: Context) -> Ledger:
+def ledger_from_config(context: Context, job: RoundConfig | None = None) -> Ledger:
     url = context.node_config.get("ledger-url") or context.run_config.get("ledger-url") or ""
+    if not url and job is not None:
+        url = job.ledger_link
     return open_ledger(str(url))
 
 
 def data_from_config(context: Context) -> PartnerData:
-    run = context.run_config
+    return data_from_run_config(context.run_config)
+
+
+def data_from_run_config(run) -> SyntheticPlatforms:
+    """The synthetic platforms the run config names (the ServerApp's embedded ledger builds the same ones)."""
     partners = str(run.get("partners", "")).strip()
     return SyntheticPlatforms(
         partners=tuple(p.strip() for p in partners.split(",") if p.strip()) or DEFAULT_PLATFORMS,

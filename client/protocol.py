@@ -49,6 +49,9 @@ class RoundConfig:
     accountant: str = "rdp"
     eval_fraction: float = 0.2
     hidden: tuple[int, ...] = (64, 32)  # ChurnLTVNet trunk widths; the server builds the initial model with them
+    # Where the coordinator says the consent ledger is, for a partner whose node / run config names none (the
+    # embedded ledger of a bare ``flwr run .``, see ``server.embedded``); a configured ``ledger-url`` wins.
+    ledger_link: str = ""
 
     def to_record(self) -> ConfigRecord:
         return to_config_record(self)

@@ -23,7 +23,7 @@ def keys_init(
     force: bool = typer.Option(False, help="Overwrite existing keys."),
 ) -> None:
     """Create operator, coordinator, auditor and partner keys (and each partner's HMAC secret)."""
-    from cohort.keyring import init_keys
+    from consent.keyring import init_keys
 
     made = init_keys(directory, [p.strip() for p in partners.split(",") if p.strip()], force=force)
     for ident in made:
@@ -47,10 +47,13 @@ def ledger_verify(
             f"{report.checkpoints_checked} checkpoints; root {report.root.hex()} ({report.seconds:.1f} s)"
         )
         return
+    from rich.markup import escape
+
     index, reason = report.first_bad
-    console.print(f"[red]TAMPERED[/red] first bad: {reason}")
+    # Reasons quote stored bytes, which an attacker chose: never let them be read as markup.
+    console.print(f"[red]TAMPERED[/red] first bad: {escape(reason)}")
     for _, problem in report.problems[1:10]:
-        console.print(f"  also: {problem}")
+        console.print(f"  also: {escape(problem)}")
     raise typer.Exit(code=1)
 
 
@@ -62,31 +65,49 @@ def ledger_serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     tls_cert: Path = typer.Option(None, help="PEM certificate for TLS."),
     tls_key: Path = typer.Option(None, help="PEM private key for TLS."),
-    insecure: bool = typer.Option(False, help="Serve without TLS (loopback development only)."),
+    insecure: bool = typer.Option(False, help="Serve without TLS on a non-loopback host (development only)."),
 ) -> None:
-    """Serve the ConsentLedger gRPC API (with health checking and reflection)."""
-    from consent.service.server import run_forever
+    """Serve the ConsentLedger gRPC API (with health checking and reflection).
 
-    if not insecure and not (tls_cert and tls_key):
-        console.print("[red]refusing to serve without TLS[/red]: pass --tls-cert and --tls-key, or --insecure")
+    Plaintext is served on a loopback host (127.0.0.1, localhost, ::1) with a warning; anywhere else it needs TLS
+    (--tls-cert and --tls-key) or an explicit --insecure."""
+    from rich.markup import escape
+
+    from consent.service.server import PLAINTEXT_WARNING, is_loopback, run_forever
+
+    if bool(tls_cert) != bool(tls_key):
+        console.print("[red]--tls-cert and --tls-key go together[/red]")
         raise typer.Exit(code=2)
-    run_forever(db_url=db, port=port, keys_dir=str(keys), host=host,
-                tls=None if insecure else (tls_cert, tls_key))  # fmt: skip
+    tls = None if insecure or not tls_cert else (tls_cert, tls_key)
+    if tls is None and not insecure:
+        if not is_loopback(host):
+            console.print(f"[red]refusing to serve plaintext on {escape(host)}[/red]: pass --tls-cert and --tls-key, "
+                          "or --insecure")  # fmt: skip
+            raise typer.Exit(code=2)
+        typer.echo(PLAINTEXT_WARNING.format(host=host), err=True)
+    run_forever(db_url=db, port=port, keys_dir=str(keys), host=host, tls=tls)
 
 
 @app.command()
 def demo(
     out: Path = typer.Option(None, help="Where to write the ledger, keys and model (default: a new temp dir)."),
-    users: int = typer.Option(1500, help="Users per synthetic platform."),
-    rounds: int = typer.Option(3, help="Federated rounds."),
-    epsilon: float = typer.Option(3.0, help="The job's target ε per partner (δ = 1e-5)."),
+    data: str = typer.Option("synthetic", help="Partners' data: 'synthetic' (three differing social-commerce "
+                             "platforms) or 'cdnow' (the CDNOW purchase log split into three non-IID partners)."),
+    users: int = typer.Option(1500, help="Users per synthetic platform (ignored for --data cdnow)."),
+    rounds: int = typer.Option(3, help="Federated rounds per job."),
+    epsilon: float = typer.Option(3.0, help="Each job's target ε per partner (δ = 1e-5)."),
     seed: int = typer.Option(7, help="Seed of the synthetic platforms and the consent decisions."),
 ) -> None:
-    """Run the whole flow once: consents → federated DP training → comparison → audit → ledger verify."""
-    from cohort.demo import quiet_flower, run_demo
+    """Run the whole flow once: consents → federated DP job → withdrawals and an erasure → a second job that leaves
+    them out → comparison → audit → ledger verify."""
+    from cohort.demo import DATA_SETS, quiet_flower, run_demo
 
+    if data not in DATA_SETS:
+        console.print(f"[red]unknown --data {data!r}[/red]: expected one of {', '.join(DATA_SETS)}")
+        raise typer.Exit(code=2)
     quiet_flower()
-    result = run_demo(out, users_per_platform=users, rounds=rounds, epsilon=epsilon, seed=seed, console=console)
+    result = run_demo(out, users_per_platform=users, rounds=rounds, epsilon=epsilon, seed=seed, console=console,
+                      data=data)  # fmt: skip
     if not (result.audit_ok and result.verify_ok):
         raise typer.Exit(code=1)
 

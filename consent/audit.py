@@ -1,9 +1,16 @@
 """Round audit: every round manifest re-derived from the log alone, and every withdrawal proven honoured.
 
 For each `round.manifest` (in log order) and each partner part, the auditor recomputes the partner's eligible set
-at the manifest's checkpoint — consent state from the log, the privacy budget replayed from earlier jobs (each
-`model.published` charges every subject of a partner that partner's ε for the job) — and compares the Merkle root and count with what
-the round committed to. Equal roots mean the round used exactly the consenting, in-budget subjects; for every
+at the manifest's checkpoint — consent state from the log, the privacy budget replayed from the manifests before it
+— and compares the Merkle root and count with what the round committed to.
+
+The budget rule replayed is the coordinator's (`server.ledger_hooks`): each round charges every subject in the
+partner's eligible set of the job the round's ε increment (the partner's cumulative ε in the part minus what the
+job already charged it), so a job that stopped early has charged the rounds that closed. A job's lifetime-cap test
+counts what subjects spent before the job: its own earlier rounds are already inside its target ε, and a partner's
+eligible set stays the one its first round committed to. Logs written when budgets were charged at
+`model.published` replay the same for jobs that finished; only a job that stopped early differs (it was never
+charged then). Equal roots mean the round used exactly the consenting, in-budget subjects; for every
 subject withdrawn, refused, expired or erased before the checkpoint the auditor also builds and checks a
 non-membership proof against the committed root.
 """
@@ -42,18 +49,11 @@ class AuditReport:
 
 def audit_rounds(store: LedgerStore) -> AuditReport:
     report = AuditReport()
-    spent: dict[tuple[str, str], float] = defaultdict(float)  # (partner, subject) -> ε charged by closed jobs
-    used: dict[tuple[str, str], list[str]] = {}  # (job, partner) -> the eligible set its rounds used
-    events = store.find_by_type("round.manifest") + store.find_by_type("model.published")
-    for idx, data in sorted(events):
-        entry = json.loads(data)
-        body = entry["body"]
-        if entry["type"] == "model.published":
-            # Budgets are charged when a job closes: every subject of the partner, that partner's job ε.
-            for partner, eps in body.get("epsilon_by_partner", {}).items():
-                for ref in used.get((body["job_id"], partner), []):
-                    spent[(partner, ref)] += float(eps)
-            continue
+    spent: dict[tuple[str, str], float] = defaultdict(float)  # (partner, subject) -> ε charged so far
+    used: dict[tuple[str, str], list[str]] = {}  # (job, partner) -> the eligible set its first round used
+    charged: dict[tuple[str, str], float] = defaultdict(float)  # (job, partner) -> ε the job charged its subjects
+    for idx, data in sorted(store.find_by_type("round.manifest")):
+        body = json.loads(data)["body"]
         cap = body.get("lifetime_epsilon")
         target = float(body.get("dp", {}).get("target_epsilon", 0.0))
         for part in body.get("partners", []):
@@ -61,9 +61,13 @@ def audit_rounds(store: LedgerStore) -> AuditReport:
             size = int(body["tree_size"])
             history = list(store.consent_events(partner, size))
             refs = fold_eligible(history, body["purpose"], body["categories"], body.get("as_of"))
+            job = (body["job_id"], partner)
             if cap is not None:
-                refs = [r for r in refs if spent[(partner, r)] + target <= cap + 1e-9]
-            used[(body["job_id"], partner)] = refs
+                own = set(used.get(job, ()))
+                before = {r: _spent_before(spent[(partner, r)], r in own, charged[job]) for r in refs}
+                refs = [r for r in refs if before[r] + target <= cap + 1e-9]
+            used.setdefault(job, refs)
+            _charge(spent, charged, job, used[job], float(part.get("epsilon", 0.0)))
             root = eligible_root(refs)
             matches = root.hex() == part["eligible_root"] and len(refs) == int(part["eligible_count"])
             if not matches:
@@ -82,6 +86,19 @@ def audit_rounds(store: LedgerStore) -> AuditReport:
             report.rounds.append(RoundAudit(body["job_id"], int(body["round"]), partner, size,
                                             int(part["eligible_count"]), len(refs), matches, proven))  # fmt: skip
     return report
+
+
+def _spent_before(spent: float, in_job: bool, job_charge: float) -> float:
+    """A subject's ε before the job: what it has spent, less what this job already charged it."""
+    return spent - job_charge if in_job else spent
+
+
+def _charge(spent: dict, charged: dict, job: tuple[str, str], refs: list[str], epsilon: float) -> None:
+    """The round's increment on every subject of the job's set; ε in a part is cumulative over the job."""
+    increment = max(0.0, epsilon - charged[job])
+    for ref in refs:
+        spent[(job[1], ref)] += increment
+    charged[job] = max(charged[job], epsilon)
 
 
 def _said_no(events) -> set[str]:

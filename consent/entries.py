@@ -3,6 +3,11 @@
 An entry is a JSON object {v, type, signer, key_id, ts, nonce, body, sig}. The signature covers the canonical
 bytes of every field but `sig`; the Merkle leaf is the canonical bytes of the whole entry, signature included, so
 tampering with either the content or the signature changes the root.
+
+An entry without a `sig` field (or with an empty one) is malformed, not merely unauthenticated: `parse_entry`
+refuses it (INVALID_ARGUMENT, "entry fields wrong: missing ['sig']") before any key is consulted, like any other
+missing field. UNAUTHENTICATED is kept for entries that are well formed but whose key is unknown or rotated out,
+or whose signature does not verify (consent.rules).
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ import re
 from dataclasses import dataclass
 
 from consent.canonical import CanonicalError, canonical_bytes, parse_canonical
-from consent.keys import Identity
-from consent.vocabulary import CURRENT_VERSION, VOCABULARIES, VocabularyError, check_categories, check_purposes
+from consent.keys import ROLES, Identity
+from consent.vocabulary import UNMARKED_VERSION, VOCABULARIES, VocabularyError, check_categories, check_purposes
 
 FORMAT_VERSION = 1
 MAX_ENTRY_BYTES = 64 * 1024
@@ -33,6 +38,7 @@ ENTRY_TYPES = (
     "job.started",
     "round.manifest",
     "model.published",
+    "job.stopped",
     "reward.issued",
     "key.registered",
     "key.rotated",
@@ -50,14 +56,25 @@ WRITERS = {
     "job.started": {"coordinator", "operator"},
     "round.manifest": {"coordinator", "operator"},
     "model.published": {"coordinator", "operator"},
+    "job.stopped": {"coordinator", "operator"},
     "reward.issued": {"coordinator", "operator"},
     "key.registered": {"operator"},
-    "key.rotated": {"operator"},
+    # The operator, or the holder of the key being replaced (its current key): consent.rules._key_entry.
+    "key.rotated": {"operator", "partner", "coordinator", "auditor"},
 }
 
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Used with fullmatch: `$` would also match before a trailing newline.
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # party ids, notice ids, recipients, strategies
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # a notice version
+_TOKEN = re.compile(r"[a-z][a-z0-9_]{0,31}")  # legal_basis, collection_method, channel
+_JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")  # ISO 3166-1 alpha-2, optionally with a subdivision
+_PUBLIC_KEY = re.compile(r"[A-Za-z0-9+/]{43}=")  # base64 of a raw 32-byte Ed25519 key
+MAX_LIST = 256  # items in any list of a body (partners, recipients, refusals...)
+MAX_REASON = 500  # characters of a refusal reason in a round manifest
 
 
 class EntryError(ValueError):
@@ -152,7 +169,12 @@ def parse_entry(data: bytes, now: dt.datetime | None = None) -> SignedEntry:
     ts = parse_time(fields["ts"], "ts")
     if ts > (now or dt.datetime.now(dt.timezone.utc)) + MAX_CLOCK_SKEW:
         raise EntryError(f"entry timestamp {fields['ts']} is in the future (more than {MAX_CLOCK_SKEW} ahead)")
-    check_body(fields["type"], fields["body"])
+    try:
+        check_body(fields["type"], fields["body"])
+    except EntryError:
+        raise
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:  # a rule met a shape it did not expect
+        raise EntryError(f"{fields['type']} body is malformed: {exc!r}") from None
     return SignedEntry(data=data, fields=fields)
 
 
@@ -172,7 +194,7 @@ def parse_time(value, name: str) -> dt.datetime:
         raise EntryError(f"{name} must be an ISO-8601 UTC time string")
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise EntryError(f"{name} {value!r} is not an ISO-8601 time") from None
     if parsed.tzinfo is None:
         raise EntryError(f"{name} {value!r} has no time zone; use UTC ('Z')")
@@ -180,6 +202,12 @@ def parse_time(value, name: str) -> dt.datetime:
 
 
 # ---- per-type body rules -------------------------------------------------------------------------------------
+#
+# Every body type has a closed set of fields: unknown fields are refused, so that personal data cannot ride along
+# in a free-form field, and every field is type-checked. Purposes and data categories are checked against the
+# vocabulary version the entry names (`vocabulary`; an entry without it was written under version 1).
+# The fields of job.started, round.manifest and model.published are what server/ledger_hooks.py and
+# server/manifests.py write; reward.issued carries what the product brief says (total and subjects' Merkle root).
 
 
 def _require(body: dict, names: tuple[str, ...], entry_type: str) -> None:
@@ -188,17 +216,39 @@ def _require(body: dict, names: tuple[str, ...], entry_type: str) -> None:
         raise EntryError(f"{entry_type} body lacks required field(s) {missing}")
 
 
+def _fields(t: str, body: dict, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    _require(body, required, t)
+    _no_extra(t, body, required + optional)
+
+
+def _match(value, pattern: re.Pattern) -> bool:
+    return type(value) is str and pattern.fullmatch(value) is not None
+
+
 def _hex(body: dict, name: str, pattern: re.Pattern, what: str) -> None:
     value = body.get(name)
-    if not isinstance(value, str) or not pattern.match(value):
-        raise EntryError(f"{name} must be {what}, got {value!r}")
+    if not _match(value, pattern):
+        raise EntryError(f"{name} must be {what}, got {_short(value)}")
+
+
+def _str(body: dict, name: str, pattern: re.Pattern, what: str, optional: bool = False) -> None:
+    if optional and body.get(name) is None:
+        return
+    value = body.get(name)
+    if not _match(value, pattern):
+        raise EntryError(f"{name} must be {what}, got {_short(value)}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _day(body: dict, name: str, optional: bool = False) -> None:
     value = body.get(name)
     if value is None and optional:
         return
-    if not isinstance(value, str) or not _DAY.match(value):
+    if not _match(value, _DAY):
         raise EntryError(f"{name} must be a day 'YYYY-MM-DD' (day precision keeps the log free of exact times)")
     try:
         dt.date.fromisoformat(value)
@@ -206,15 +256,63 @@ def _day(body: dict, name: str, optional: bool = False) -> None:
         raise EntryError(f"{name} {value!r} is not a calendar day") from None
 
 
-def _vocab(body: dict) -> None:
-    version = body.get("vocabulary", CURRENT_VERSION)
+def _int(body: dict, name: str, minimum: int = 0, optional: bool = False) -> None:
+    value = body.get(name)
+    if value is None and optional:
+        return
+    if type(value) is not int or value < minimum:
+        raise EntryError(f"{name} must be an integer >= {minimum}, got {_short(value)}")
+
+
+def _number(body: dict, name: str, minimum: float = 0.0, maximum: float | None = None, optional: bool = False,
+            strict_minimum: bool = False) -> None:  # fmt: skip
+    value = body.get(name)
+    if value is None and optional:
+        return
+    ok = type(value) in (int, float) and (value > minimum if strict_minimum else value >= minimum)
+    if ok and maximum is not None:
+        ok = value < maximum
+    if not ok:
+        bounds = f"{'>' if strict_minimum else '>='} {minimum:g}"
+        if maximum is not None:
+            bounds += f" and < {maximum:g}"
+        raise EntryError(f"{name} must be a number {bounds}, got {_short(value)}")
+
+
+def _list(body: dict, name: str, check, optional: bool = False) -> list:
+    value = body.get(name)
+    if value is None and optional:
+        return []
+    if type(value) is not list or len(value) > MAX_LIST:
+        raise EntryError(f"{name} must be a list of at most {MAX_LIST} items, got {_short(value)}")
+    for item in value:
+        check(item)
+    return value
+
+
+def _names(body: dict, name: str, optional: bool = False) -> None:
+    def check(item):
+        if not _match(item, _NAME):
+            raise EntryError(f"{name} must hold names of 1-64 characters [A-Za-z0-9._-], got {_short(item)}")
+
+    _list(body, name, check, optional)
+
+
+def _version_of(body: dict) -> int:
+    version = body.get("vocabulary", UNMARKED_VERSION)
+    if type(version) is not int or version not in VOCABULARIES:
+        raise EntryError(f"unknown vocabulary version {version!r}; known: {sorted(VOCABULARIES)}")
+    return version
+
+
+def _vocab(body: dict, purposes: str = "purposes", categories: str = "data_categories", single: bool = False) -> None:
+    """The body's purposes (or single `purpose`) and categories exist in the vocabulary version it names."""
+    version = _version_of(body)
     try:
-        body_purposes = body.get("purposes")
-        if body_purposes is not None:
-            check_purposes(body_purposes, version)
-        body_categories = body.get("data_categories")
-        if body_categories is not None:
-            check_categories(body_categories, version)
+        if purposes in body:
+            check_purposes([body[purposes]] if single else body[purposes], version)
+        if categories in body:
+            check_categories(body[categories], version)
     except VocabularyError as exc:
         raise EntryError(str(exc)) from None
 
@@ -223,7 +321,20 @@ def _notice(body: dict) -> None:
     notice = body.get("notice")
     if not isinstance(notice, dict) or set(notice) != {"id", "version", "sha256"}:
         raise EntryError("notice must be an object {id, version, sha256}")
+    _str(notice, "id", _NAME, "a notice id of 1-64 characters [A-Za-z0-9._-]")
+    _str(notice, "version", _VERSION, "a notice version of 1-32 characters [A-Za-z0-9._-]")
     _hex(notice, "sha256", _HEX64, "a hex SHA-256 of the notice text")
+
+
+def _partner(body: dict, name: str = "partner_id") -> None:
+    _str(body, name, _NAME, "a party id of 1-64 characters [A-Za-z0-9._-]")
+
+
+def _no_extra(t: str, body: dict, allowed: tuple[str, ...]) -> None:
+    # Unknown fields are refused so that personal data cannot ride along in a free-form field.
+    extra = sorted(set(body) - set(allowed))
+    if extra:
+        raise EntryError(f"{t} body has unexpected field(s) {extra}")
 
 
 CONSENT_FIELDS = (
@@ -240,27 +351,36 @@ def check_body(entry_type: str, body: dict) -> None:
         raise EntryError("entry body must be an object")
     if entry_type == "consent.given" and _consent_given_surely_valid(body):
         return
-    rule = _BODY_RULES.get(entry_type)
-    if rule:
-        rule(entry_type, body)
+    _BODY_RULES[entry_type](entry_type, body)
 
 
-def _consent_given(t: str, body: dict) -> None:
-    _require(body, CONSENT_FIELDS, t)
+def _consent_common(body: dict) -> None:
     _hex(body, "consent_id", _HEX32, "a 128-bit hex id")
+    _partner(body)
     _hex(body, "subject_ref", _HEX32, "a random 128-bit hex subject reference")
-    if body["supersedes"] is not None:
-        _hex(body, "supersedes", _HEX32, "null or the consent_id it replaces")
     _vocab(body)
     _notice(body)
     _day(body, "indicated_at")
+    _str(body, "collection_method", _TOKEN, "a channel token like 'app' or 'web' (lowercase letters, digits and '_')",
+         optional=True)  # fmt: skip
+    _str(body, "jurisdiction", _JURISDICTION, "an ISO 3166-1 alpha-2 code like 'CN' (optionally 'CN-31')",
+         optional=True)  # fmt: skip
+
+
+def _consent_given(t: str, body: dict) -> None:
+    _fields(t, body, CONSENT_FIELDS, ("vocabulary",))
+    _consent_common(body)
+    if body["supersedes"] is not None:
+        _hex(body, "supersedes", _HEX32, "null or the consent_id it replaces")
+    _str(body, "legal_basis", _TOKEN, "a legal-basis token like 'consent' (lowercase letters, digits and '_')")
+    for name in ("collection_method", "jurisdiction"):
+        if body[name] is None:
+            raise EntryError(f"{name} must be given")
     _day(body, "valid_until", optional=True)
     _hex(body, "evidence_commitment", _HEX64, "a hex SHA-256 commitment to the encrypted evidence")
     if not isinstance(body["cross_border"], bool):
         raise EntryError("cross_border must be true or false")
-    if not isinstance(body["recipients"], list):
-        raise EntryError("recipients must be a list")
-    _no_extra(t, body, CONSENT_FIELDS + ("vocabulary",))
+    _names(body, "recipients")
 
 
 _GIVEN_REQUIRED = frozenset(CONSENT_FIELDS)
@@ -274,7 +394,7 @@ def _consent_given_surely_valid(body: dict) -> bool:
     keys = body.keys()
     if not (keys >= _GIVEN_REQUIRED and keys <= _GIVEN_ALLOWED):
         return False
-    hex32 = _HEX32.match
+    hex32 = _HEX32.fullmatch
     for name in ("consent_id", "subject_ref"):
         value = body[name]
         if type(value) is not str or not hex32(value):
@@ -282,7 +402,12 @@ def _consent_given_surely_valid(body: dict) -> bool:
     sup = body["supersedes"]
     if sup is not None and (type(sup) is not str or not hex32(sup)):
         return False
-    version = body.get("vocabulary", CURRENT_VERSION)
+    for name, pattern in (("partner_id", _NAME), ("legal_basis", _TOKEN), ("collection_method", _TOKEN),
+                          ("jurisdiction", _JURISDICTION)):  # fmt: skip
+        value = body[name]
+        if type(value) is not str or not pattern.fullmatch(value):
+            return False
+    version = body.get("vocabulary", UNMARKED_VERSION)
     if type(version) is not int:
         return False
     vocab = VOCABULARIES.get(version)
@@ -298,73 +423,220 @@ def _consent_given_surely_valid(body: dict) -> bool:
     notice = body["notice"]
     if type(notice) is not dict or notice.keys() != _NOTICE_FIELDS:
         return False
-    sha = notice["sha256"]
-    if type(sha) is not str or not _HEX64.match(sha):
-        return False
+    for name, pattern in (("id", _NAME), ("version", _VERSION), ("sha256", _HEX64)):
+        value = notice[name]
+        if type(value) is not str or not pattern.fullmatch(value):
+            return False
     evidence = body["evidence_commitment"]
-    if type(evidence) is not str or not _HEX64.match(evidence):
+    if type(evidence) is not str or not _HEX64.fullmatch(evidence):
         return False
     for name in ("indicated_at", "valid_until"):
         day = body[name]
         if day is None and name == "valid_until":
             continue
-        if type(day) is not str or not _DAY.match(day):
+        if type(day) is not str or not _DAY.fullmatch(day):
             return False
         try:
             dt.date.fromisoformat(day)
         except ValueError:
             return False
-    return type(body["cross_border"]) is bool and isinstance(body["recipients"], list)
+    recipients = body["recipients"]
+    if type(recipients) is not list or len(recipients) > MAX_LIST:
+        return False
+    for item in recipients:
+        if type(item) is not str or not _NAME.fullmatch(item):
+            return False
+    return type(body["cross_border"]) is bool
+
+
+_REFUSED_REQUIRED = ("consent_id", "partner_id", "subject_ref", "purposes", "data_categories", "notice", "indicated_at")
 
 
 def _consent_refused(t: str, body: dict) -> None:
-    names = ("consent_id", "partner_id", "subject_ref", "purposes", "data_categories", "notice", "indicated_at")
-    _require(body, names, t)
-    _hex(body, "consent_id", _HEX32, "a 128-bit hex id")
-    _hex(body, "subject_ref", _HEX32, "a random 128-bit hex subject reference")
-    _vocab(body)
-    _notice(body)
-    _day(body, "indicated_at")
-    _no_extra(t, body, names + ("vocabulary", "collection_method", "jurisdiction"))
+    _fields(t, body, _REFUSED_REQUIRED, ("vocabulary", "collection_method", "jurisdiction"))
+    _consent_common(body)
 
 
 def _consent_ended(t: str, body: dict) -> None:
-    names = ("consent_id", "partner_id", "subject_ref", "indicated_at")
-    _require(body, names, t)
+    _fields(t, body, ("consent_id", "partner_id", "subject_ref", "indicated_at"), ("channel",))
     _hex(body, "consent_id", _HEX32, "the consent_id being ended")
+    _partner(body)
     _hex(body, "subject_ref", _HEX32, "a random 128-bit hex subject reference")
     _day(body, "indicated_at")
-    _no_extra(t, body, names + ("channel",))
+    _str(body, "channel", _TOKEN, "a channel token like 'app' (lowercase letters, digits and '_')", optional=True)
 
 
 def _notice_published(t: str, body: dict) -> None:
-    names = ("partner_id", "notice_id", "version", "sha256", "purposes")
-    _require(body, names, t)
+    _fields(t, body, ("partner_id", "notice_id", "version", "sha256", "purposes"), ("vocabulary",))
+    _partner(body)
+    _str(body, "notice_id", _NAME, "a notice id of 1-64 characters [A-Za-z0-9._-]")
+    _str(body, "version", _VERSION, "a notice version of 1-32 characters [A-Za-z0-9._-]")
     _hex(body, "sha256", _HEX64, "a hex SHA-256 of the notice text")
     _vocab(body)
 
 
 def _subject(t: str, body: dict) -> None:
-    names = ("partner_id", "subject_ref", "indicated_at")
-    _require(body, names, t)
+    _fields(t, body, ("partner_id", "subject_ref", "indicated_at"))
+    _partner(body)
     _hex(body, "subject_ref", _HEX32, "a random 128-bit hex subject reference")
     _day(body, "indicated_at")
-    _no_extra(t, body, names)
 
 
-def _needs(*names: str):
-    def rule(t: str, body: dict) -> None:
-        _require(body, names, t)
-        _vocab(body)
-
-    return rule
+def _job_id(body: dict) -> None:
+    _str(body, "job_id", _JOB_ID, "a job id of 1-128 characters [A-Za-z0-9._:-]")
 
 
-def _no_extra(t: str, body: dict, allowed: tuple[str, ...]) -> None:
-    # Unknown fields are refused so that personal data cannot ride along in a free-form field.
-    extra = sorted(set(body) - set(allowed))
-    if extra:
-        raise EntryError(f"{t} body has unexpected field(s) {extra}")
+def _dp_target(body: dict) -> None:
+    _number(body, "target_epsilon", strict_minimum=True)
+    _number(body, "delta", maximum=1.0)
+
+
+def _checkpoint_ref(body: dict) -> None:
+    cp = body.get("checkpoint")
+    if not isinstance(cp, dict) or set(cp) != {"tree_size", "root"}:
+        raise EntryError("checkpoint must be an object {tree_size, root}")
+    _int(cp, "tree_size")
+    if cp["root"] != "":  # empty when the job was fixed by tree size rather than by a signed checkpoint
+        _hex(cp, "root", _HEX64, "the hex root of the checkpoint (or empty)")
+
+
+def _job_started(t: str, body: dict) -> None:
+    required = ("job_id", "purpose", "data_categories", "checkpoint", "rounds", "target_epsilon", "delta")
+    _fields(t, body, required, ("strategy", "partners", "as_of", "lifetime_epsilon", "vocabulary"))
+    _job_id(body)
+    _vocab(body, "purpose", "data_categories", single=True)
+    _checkpoint_ref(body)
+    _int(body, "rounds", minimum=1)
+    _dp_target(body)
+    _str(body, "strategy", _NAME, "a strategy name", optional=True)
+    _names(body, "partners", optional=True)
+    _day(body, "as_of", optional=True)
+    _number(body, "lifetime_epsilon", strict_minimum=True, optional=True)
+
+
+_PART_FIELDS = (
+    "partner_id", "job_id", "server_round", "tree_size", "purpose", "categories", "eligible_root", "eligible_count",
+    "num_examples", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "delta", "accountant", "epsilon",
+    "epsilon_round", "data_hash", "code_hash",
+)  # fmt: skip
+_PART_REQUIRED = ("partner_id", "eligible_root", "eligible_count")
+
+
+def _manifest_part(part, version: int) -> None:
+    t = "round.manifest partner part"
+    if not isinstance(part, dict):
+        raise EntryError(f"{t} must be an object, got {_short(part)}")
+    _fields(t, part, _PART_REQUIRED, tuple(f for f in _PART_FIELDS if f not in _PART_REQUIRED))
+    _partner(part)
+    _hex(part, "eligible_root", _HEX64, "the hex Merkle root of the eligible set")
+    _int(part, "eligible_count")
+    if "job_id" in part:
+        _job_id(part)
+    for name in ("server_round", "tree_size", "num_examples", "steps"):
+        _int(part, name, optional=True)
+    for name in ("noise_multiplier", "max_grad_norm", "sample_rate", "delta", "epsilon", "epsilon_round"):
+        _number(part, name, optional=True)
+    _str(part, "accountant", _NAME, "an accountant name", optional=True)
+    for name in ("data_hash", "code_hash"):
+        if name in part:
+            _hex(part, name, _HEX64, "a hex SHA-256")
+    _vocab(dict(part, vocabulary=version), "purpose", "categories", single=True)
+
+
+def _refusal(item) -> None:
+    if not isinstance(item, dict) or set(item) != {"node_id", "partner_id", "reason"}:
+        raise EntryError(f"refused/failed items must be objects {{node_id, partner_id, reason}}, got {_short(item)}")
+    _int(item, "node_id")
+    if item["partner_id"] is not None:  # None: a node that never passed preflight, so it has no partner name
+        _partner(item)
+    if type(item["reason"]) is not str or len(item["reason"]) > MAX_REASON:
+        raise EntryError(f"a refusal reason must be a string of at most {MAX_REASON} characters")
+
+
+def _round_manifest(t: str, body: dict) -> None:
+    required = ("job_id", "round", "tree_size", "purpose", "categories", "partners", "model_out_hash")
+    optional = ("strategy", "dp", "refused", "failed", "missing_nodes", "model_in_hash", "server_code_hash",
+                "closed_at", "as_of", "lifetime_epsilon", "checkpoint_root", "vocabulary")  # fmt: skip
+    _fields(t, body, required, optional)
+    _job_id(body)
+    _int(body, "round", minimum=1)
+    _int(body, "tree_size")
+    _vocab(body, "purpose", "categories", single=True)
+    version = _version_of(body)
+    _list(body, "partners", lambda part: _manifest_part(part, version))
+    _str(body, "strategy", _NAME, "a strategy name", optional=True)
+    if "dp" in body:
+        dp = body["dp"]
+        if not isinstance(dp, dict):
+            raise EntryError("dp must be an object {target_epsilon, delta, epsilon_max}")
+        _fields("round.manifest dp", dp, ("target_epsilon", "delta"), ("epsilon_max",))
+        _dp_target(dp)
+        _number(dp, "epsilon_max", optional=True)
+    _list(body, "refused", _refusal, optional=True)
+    _list(body, "failed", _refusal, optional=True)
+
+    def node(item):
+        if type(item) is not int or item < 0:
+            raise EntryError(f"missing_nodes must hold node ids (integers >= 0), got {_short(item)}")
+
+    _list(body, "missing_nodes", node, optional=True)
+    for name in ("model_in_hash", "model_out_hash", "server_code_hash"):
+        if name in body:
+            _hex(body, name, _HEX64, "a hex SHA-256")
+    if "closed_at" in body:
+        parse_time(body["closed_at"], "closed_at")
+    _day(body, "as_of", optional=True)
+    _number(body, "lifetime_epsilon", strict_minimum=True, optional=True)
+    if body.get("checkpoint_root", ""):
+        _hex(body, "checkpoint_root", _HEX64, "the hex root of the job's checkpoint (or empty)")
+
+
+def _model_published(t: str, body: dict) -> None:
+    _fields(t, body, ("job_id", "model_hash"), ("rounds", "epsilon_by_partner"))
+    _job_id(body)
+    _hex(body, "model_hash", _HEX64, "a hex SHA-256 of the model")
+    _int(body, "rounds", optional=True)
+    _epsilon_by_partner(body)
+
+
+def _epsilon_by_partner(body: dict) -> None:
+    spent = body.get("epsilon_by_partner", {})
+    if not isinstance(spent, dict) or len(spent) > MAX_LIST:
+        raise EntryError("epsilon_by_partner must be an object {partner_id: epsilon}")
+    for partner, eps in spent.items():
+        _partner({"partner_id": partner})
+        _number({"epsilon": eps}, "epsilon")
+
+
+def _job_stopped(t: str, body: dict) -> None:
+    """A job that ended before its last round: how many rounds closed, the class of the error that stopped it (never
+    its message: free text), and the ε charged to each partner's subjects by the rounds that closed."""
+    _fields(t, body, ("job_id", "rounds_completed", "cause"), ("epsilon_by_partner",))
+    _job_id(body)
+    _int(body, "rounds_completed")
+    _str(body, "cause", _NAME, "the name of the error class that stopped the job")
+    _epsilon_by_partner(body)
+
+
+def _reward_issued(t: str, body: dict) -> None:
+    _fields(t, body, ("job_id", "partner_id", "total_points", "subjects_root", "subject_count"))
+    _job_id(body)
+    _partner(body)
+    _number(body, "total_points")
+    _hex(body, "subjects_root", _HEX64, "the hex Merkle root of the per-subject rewards")
+    _int(body, "subject_count")
+
+
+def _key_entry(t: str, body: dict) -> None:
+    names = ("identity", "role", "key_id", "public_key") + (("replaces",) if t == "key.rotated" else ())
+    _fields(t, body, names)
+    _str(body, "identity", _NAME, "a party id of 1-64 characters [A-Za-z0-9._-]")
+    if body["role"] not in ROLES:
+        raise EntryError(f"unknown role {_short(body['role'])}; roles are {ROLES}")
+    _hex(body, "key_id", _HEX32, "a key id (32 hex characters)")
+    _str(body, "public_key", _PUBLIC_KEY, "a base64 raw Ed25519 public key")
+    if t == "key.rotated":
+        _hex(body, "replaces", _HEX32, "the key id being replaced")
 
 
 _BODY_RULES = {
@@ -375,10 +647,11 @@ _BODY_RULES = {
     "notice.published": _notice_published,
     "subject.erasure_requested": _subject,
     "subject.erased": _subject,
-    "job.started": _needs("job_id", "purpose", "data_categories", "checkpoint", "rounds", "target_epsilon", "delta"),
-    "round.manifest": _needs("job_id", "round", "tree_size", "purpose", "categories", "partners", "model_out_hash"),
-    "model.published": _needs("job_id", "model_hash"),
-    "reward.issued": _needs("job_id", "partner_id", "total_points", "subjects_root", "subject_count"),
-    "key.registered": _needs("identity", "role", "key_id", "public_key"),
-    "key.rotated": _needs("identity", "role", "key_id", "public_key", "replaces"),
+    "job.started": _job_started,
+    "round.manifest": _round_manifest,
+    "model.published": _model_published,
+    "job.stopped": _job_stopped,
+    "reward.issued": _reward_issued,
+    "key.registered": _key_entry,
+    "key.rotated": _key_entry,
 }

@@ -11,8 +11,9 @@ from collections.abc import Iterable, Sequence
 
 from consent.checkpoints import Checkpoint
 from consent.eligibility import EligibleSet, NonMembershipProof, eligible_root, fold_eligible, prove_absent
-from consent.entries import SignedEntry, make_entry, parse_entry
-from consent.keys import Identity
+from consent.entries import EntryError, SignedEntry, make_entry, parse_entry, parse_time
+from consent.keys import Identity, key_id_of, public_from_b64, public_raw
+from consent.rules import ALREADY_EXISTS, FAILED_PRECONDITION, NOT_FOUND, PERMISSION_DENIED, AppendError
 from consent.store.budget import BudgetBook
 from consent.store.log import LedgerStore
 from consent.store.vault import SubjectVault
@@ -82,12 +83,24 @@ class LedgerReader:
         purpose = check_purposes([purpose])[0]
         cats = tuple(check_categories(list(categories)))
         size = self.tree_size() if tree_size is None else tree_size
-        day = day or dt.date.today().isoformat()
+        day = day or self.eligibility_day(size)
         refs = fold_eligible(self.store.consent_events(partner_id, size), purpose, cats, day)
         if lifetime_epsilon is not None:
             spent = self.budget.spent(partner_id)
             refs = [r for r in refs if spent.get(r, 0.0) + job_epsilon <= lifetime_epsilon + 1e-9]
         return EligibleSet(partner_id, purpose, cats, size, refs, eligible_root(refs))
+
+    def eligibility_day(self, tree_size: int) -> str:
+        """The day a consent's `valid_until` is judged against when the caller names none: the UTC date of the
+        signed checkpoint at exactly that tree size, so one checkpoint gives one eligible set on any day; UTC today
+        when no checkpoint was signed at that size. The gRPC service uses the same rule."""
+        cp = self.store.checkpoint(tree_size)
+        if cp is not None:
+            try:
+                return parse_time(cp.ts, "checkpoint ts").astimezone(dt.timezone.utc).date().isoformat()
+            except EntryError:
+                pass  # a damaged checkpoint (`cohort ledger verify` names it) does not fix a day
+        return utc_today()
 
     def prove_absent(self, eligible: EligibleSet, subject_ref: str) -> NonMembershipProof:
         return prove_absent(eligible, subject_ref)
@@ -118,20 +131,41 @@ class Ledger(LedgerReader):
     # ---- identities ---------------------------------------------------------------------------------------
 
     def register(self, identity: Identity | str, role: str | None = None, public_b64: str | None = None) -> str:
-        """Registers a party's public key under a role; returns its key id. Idempotent for the same key."""
+        """Registers a NEW identity's public key under a role; returns its key id. Idempotent for the same key.
+
+        An identity holds one active key: registering another key for an identity that has one is refused
+        (AppendError ALREADY_EXISTS, nothing stored); use `rotate`. See consent.rules for the whole rule."""
         if isinstance(identity, Identity):
             name, role, public_b64, key_id = identity.name, identity.role, identity.public_b64, identity.key_id
         else:
-            from consent.keys import key_id_of, public_from_b64, public_raw
-
             name, key_id = identity, key_id_of(public_raw(public_from_b64(public_b64)))
         existing = self.store.key(key_id)
         if existing is not None:
             if existing.identity != name or existing.role != role:
-                raise ValueError(f"key {key_id} is already registered to {existing.identity} as {existing.role}")
+                raise AppendError(ALREADY_EXISTS, f"key {key_id} is already registered to {existing.identity} as "
+                                                  f"{existing.role}")  # fmt: skip
             return key_id
+        held = self.store.keys_of(name)
+        if held:
+            current = next((k for k in held if not k.revoked), held[-1])
+            raise AppendError(ALREADY_EXISTS, f"identity {name!r} already holds key {current.key_id} (role "
+                                              f"{current.role}); a new key for it needs key.rotated, signed by the "
+                                              "operator or by that key")  # fmt: skip
         self._register(name, role, public_b64, key_id)
         return key_id
+
+    def rotate(self, identity: str, public_b64: str) -> str:
+        """Replaces the identity's current key with a new one (same role), signed by the operator; returns the new
+        key id. The old key is revoked from this entry on."""
+        new_id = key_id_of(public_raw(public_from_b64(public_b64)))
+        current = [k for k in self.store.keys_of(identity) if not k.revoked]
+        if not current:
+            raise AppendError(NOT_FOUND, f"identity {identity!r} holds no key to rotate; register it instead")
+        old = current[0]
+        body = {"identity": identity, "role": old.role, "key_id": new_id, "public_key": public_b64,
+                "replaces": old.key_id}  # fmt: skip
+        self.store.append([make_entry("key.rotated", body, self.operator)])
+        return new_id
 
     def _register(self, name: str, role: str, public_b64: str, key_id: str) -> None:
         body = {"identity": name, "role": role, "key_id": key_id, "public_key": public_b64}
@@ -163,15 +197,32 @@ class Ledger(LedgerReader):
         return self.vault.store_evidence_many(items)
 
     def complete_erasure(self, partner_id: str, subject_ref: str) -> int:
-        """Shreds the subject's key and mapping, then records `subject.erased` under the operator's key."""
+        """Shreds the subject's key and mapping, then records `subject.erased` under the operator's key.
+
+        A shred cannot be undone, so everything `subject.erased` needs is checked FIRST and a refusal shreds nothing
+        (AppendError): the subject is in the log (NOT_FOUND), is this partner's (PERMISSION_DENIED), has a
+        `subject.erasure_requested` (FAILED_PRECONDITION) and is not erased already (ALREADY_EXISTS)."""
+        state = self.store.subject_state(subject_ref)
+        if state is None:
+            raise AppendError(NOT_FOUND, f"subject {subject_ref} has no entries in the log")
+        if state.partner_id != partner_id:
+            raise AppendError(PERMISSION_DENIED, f"subject {subject_ref} does not belong to {partner_id!r}")
+        if state.erased:
+            raise AppendError(ALREADY_EXISTS, f"subject {subject_ref} is already erased")
+        if not state.erasure_requested:
+            raise AppendError(FAILED_PRECONDITION, f"subject {subject_ref} has no subject.erasure_requested entry")
         self.vault.shred(partner_id, subject_ref)
-        body = {"partner_id": partner_id, "subject_ref": subject_ref, "indicated_at": dt.date.today().isoformat()}
+        body = {"partner_id": partner_id, "subject_ref": subject_ref, "indicated_at": utc_today()}
         return self.append_as_operator("subject.erased", body)
 
     # ---- privacy budget -----------------------------------------------------------------------------------
 
     def charge_budget(self, job_id: str, round_no: int, partner_id: str, subject_refs: Sequence[str], epsilon: float):
         self.budget.charge(job_id, round_no, partner_id, subject_refs, epsilon)
+
+
+def utc_today() -> str:
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
 def _far_future() -> dt.datetime:

@@ -1,7 +1,30 @@
 """Who may append what: signature, role, partner scoping and consent semantics, checked before anything is stored.
 
-Pure of storage: the store hands in what it knows (keys, subjects, consents) as a `LogState`; entries of the same
-batch update the state as they pass, so a batch is judged exactly as if its entries arrived one by one.
+Pure of storage: the store hands in what it knows (keys, subjects, consents, notices) as a `LogState`; entries of
+the same batch update the state as they pass, so a batch is judged exactly as if its entries arrived one by one.
+`cohort ledger verify` (consent.verify) replays the whole log through these same functions, so what the store
+accepts and what the verifier accepts are one rule.
+
+Keys and identities. An identity (a party name: "operator", "coordinator", "partner-a", ...) holds exactly one
+active key at a time, under one role for its whole life:
+
+* The first entry of a log, and only the first, is the operator's `key.registered` for itself, signed by the key
+  it registers (the bootstrap). Every other entry must be signed by a registered, active key of its signer.
+* `key.registered` is signed by an operator key and introduces a NEW identity: refused (ALREADY_EXISTS) if the key
+  id is registered already or if the identity already holds a key, active or rotated out. So only the operator
+  can introduce identities, partners included; nobody can give an existing identity a second key this way.
+* `key.rotated` replaces the identity's current key (`replaces`, which must be active) with a new one, same
+  identity and same role. It must be signed by an operator key or by the key being replaced (the identity's
+  current key); anyone else is refused (PERMISSION_DENIED), as is a change of role. The replaced key is revoked
+  from that entry on: later entries signed with it are UNAUTHENTICATED.
+
+The gRPC service (consent.service.servicer.RegisterKey) adds who may ASK the operator to register a key: the
+operator itself for any role; a coordinator for new auditor identities only; nobody else.
+
+Notices. A consent (`consent.given` / `consent.refused`) cites the notice the subject was shown by (id, version,
+sha256); that very notice must have been published before by the same partner (`notice.published`), else the
+consent is refused (NOT_FOUND). Re-publishing a notice id and version with a different text is refused
+(ALREADY_EXISTS); the same text again is harmless.
 """
 
 from __future__ import annotations
@@ -13,7 +36,6 @@ from cryptography.exceptions import InvalidSignature
 
 from consent.entries import WRITERS, EntryError, SignedEntry, signature_of, signed_message
 from consent.keys import ROLES, key_id_of, public_from_b64, public_raw
-from consent.vocabulary import VocabularyError, check_categories, check_purposes
 
 # Status names follow gRPC so the service maps them one to one.
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
@@ -74,6 +96,10 @@ class LogState:
     subjects: dict[str, SubjectRecord] = field(default_factory=dict)
     consents: dict[str, ConsentRecord] = field(default_factory=dict)
     leaf_hashes: set[bytes] = field(default_factory=set)
+    # (partner_id, notice_id, version) -> sha256 of the published notice text
+    notices: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    # True only while the log has no entry at all: the next entry may be the operator's self-signed bootstrap.
+    # apply_entry clears it once an entry is accepted, so the bootstrap exception covers exactly index 0.
     empty_log: bool = False
 
 
@@ -137,13 +163,15 @@ def apply_entry(entry: SignedEntry, leaf: bytes, key: KeyRecord, state: LogState
             position,
         )  # fmt: skip
     body = entry.body
-    if key.role == "partner" and body.get("partner_id") != key.identity:
+    # A key.rotated body names an identity, not a partner_id: _key_entry checks who may rotate which key.
+    if key.role == "partner" and entry.type != "key.rotated" and body.get("partner_id") != key.identity:
         raise AppendError(
             PERMISSION_DENIED, f"partner {key.identity!r} may only write for itself, not {body.get('partner_id')!r}",
             position,
         )  # fmt: skip
-    _SEMANTICS.get(entry.type, _no_semantics)(entry, state, position)
+    _SEMANTICS.get(entry.type, _no_semantics)(entry, key, state, position)
     state.leaf_hashes.add(leaf)
+    state.empty_log = False
 
 
 def _signing_key(entry: SignedEntry, state: LogState, position: int) -> KeyRecord:
@@ -180,7 +208,7 @@ def _intern(value):
     return _sys_intern(value) if type(value) is str else value
 
 
-def _no_semantics(entry: SignedEntry, state: LogState, position: int) -> None:
+def _no_semantics(entry: SignedEntry, key: KeyRecord, state: LogState, position: int) -> None:
     return None
 
 
@@ -199,10 +227,17 @@ def _subject_of(entry: SignedEntry, state: LogState, position: int, create: bool
     return subject
 
 
-def _consent_recorded(entry: SignedEntry, state: LogState, position: int) -> None:
+def _consent_recorded(entry: SignedEntry, key: KeyRecord, state: LogState, position: int) -> None:
     body = entry.body
     if body["consent_id"] in state.consents:
         raise AppendError(ALREADY_EXISTS, f"consent_id {body['consent_id']} is already used", position)
+    notice = body["notice"]
+    published = state.notices.get((body["partner_id"], notice["id"], notice["version"]))
+    if published != notice["sha256"]:
+        what = "was never published" if published is None else f"was published with another text (sha256 {published})"
+        cited = f"notice {notice['id']!r} version {notice['version']!r} (sha256 {notice['sha256']})"
+        raise AppendError(NOT_FOUND, f"{cited} {what} by {body['partner_id']!r}; append its notice.published first",
+                          position)  # fmt: skip
     _subject_of(entry, state, position, create=True)
     sup = body.get("supersedes")
     if sup is not None:
@@ -214,7 +249,7 @@ def _consent_recorded(entry: SignedEntry, state: LogState, position: int) -> Non
     state.consents[body["consent_id"]] = record
 
 
-def _consent_ended(entry: SignedEntry, state: LogState, position: int) -> None:
+def _consent_ended(entry: SignedEntry, key: KeyRecord, state: LogState, position: int) -> None:
     body = entry.body
     _subject_of(entry, state, position, create=False)
     prior = state.consents.get(body["consent_id"])
@@ -225,12 +260,12 @@ def _consent_ended(entry: SignedEntry, state: LogState, position: int) -> None:
     prior.kind = entry.type
 
 
-def _erasure_requested(entry: SignedEntry, state: LogState, position: int) -> None:
+def _erasure_requested(entry: SignedEntry, key: KeyRecord, state: LogState, position: int) -> None:
     subject = _subject_of(entry, state, position, create=False)
     subject.erasure_requested = True
 
 
-def _erased(entry: SignedEntry, state: LogState, position: int) -> None:
+def _erased(entry: SignedEntry, key: KeyRecord, state: LogState, position: int) -> None:
     subject = _subject_of(entry, state, position, create=False)
     if not subject.erasure_requested:
         raise AppendError(FAILED_PRECONDITION, "subject.erased needs a prior subject.erasure_requested", position)
@@ -239,24 +274,51 @@ def _erased(entry: SignedEntry, state: LogState, position: int) -> None:
     subject.erased = True
 
 
-def _key_registered(entry: SignedEntry, state: LogState, position: int) -> None:
-    rec = _key_from_body(entry.body, position)
+def _notice_published(entry: SignedEntry, key: KeyRecord, state: LogState, position: int) -> None:
+    body = entry.body
+    ident = (body["partner_id"], body["notice_id"], body["version"])
+    published = state.notices.get(ident)
+    if published is not None and published != body["sha256"]:
+        raise AppendError(ALREADY_EXISTS, f"notice {ident[1]!r} version {ident[2]!r} is already published with another "
+                                          f"text (sha256 {published}); publish a new version", position)  # fmt: skip
+    state.notices[ident] = body["sha256"]
+
+
+def keys_of(state: LogState, identity: str) -> list[KeyRecord]:
+    """Every key the state knows for an identity (the store prefetches all of them for a batch's key entries)."""
+    return [k for k in state.keys.values() if k.identity == identity]
+
+
+def _key_entry(entry: SignedEntry, key: KeyRecord, state: LogState, position: int) -> None:
+    """key.registered / key.rotated: one active key per identity, one role per identity (module docstring)."""
+    body = entry.body
+    rec = _key_from_body(body, position)
     if rec.key_id in state.keys:
         raise AppendError(ALREADY_EXISTS, f"key {rec.key_id} is already registered", position)
-    if entry.type == "key.rotated":
-        old = state.keys.get(entry.body["replaces"])
-        if old is None or old.identity != rec.identity:
-            raise AppendError(NOT_FOUND, f"key {entry.body['replaces']} of {rec.identity} does not exist", position)
-        old.revoked = True
+    held = keys_of(state, rec.identity)
+    if entry.type == "key.registered":
+        if held:
+            current = next((k for k in held if not k.revoked), held[-1])
+            raise AppendError(ALREADY_EXISTS, f"identity {rec.identity!r} already holds key {current.key_id} (role "
+                                              f"{current.role}); a new key for it needs key.rotated, signed by the "
+                                              "operator or by that key", position)  # fmt: skip
+        state.keys[rec.key_id] = rec
+        return
+    old = state.keys.get(body["replaces"])
+    if old is None or old.identity != rec.identity:
+        raise AppendError(NOT_FOUND, f"key {body['replaces']} of {rec.identity} does not exist", position)
+    if old.revoked:
+        raise AppendError(FAILED_PRECONDITION, f"key {old.key_id} of {rec.identity} was already rotated out; only "
+                                               "the current key can be replaced", position)  # fmt: skip
+    if key.role != "operator" and key.key_id != old.key_id:
+        raise AppendError(PERMISSION_DENIED, f"{key.identity!r} may not rotate the key of {rec.identity!r}: only the "
+                                             "operator or the key being replaced may sign key.rotated",
+                          position)  # fmt: skip
+    if rec.role != old.role:
+        raise AppendError(PERMISSION_DENIED, f"a rotation keeps the role: {rec.identity!r} is a {old.role}, not a "
+                                             f"{rec.role}", position)  # fmt: skip
+    old.revoked = True
     state.keys[rec.key_id] = rec
-
-
-def _job_started(entry: SignedEntry, state: LogState, position: int) -> None:
-    try:
-        check_purposes([entry.body["purpose"]])
-        check_categories(entry.body["data_categories"])
-    except VocabularyError as exc:
-        raise AppendError(INVALID_ARGUMENT, str(exc), position) from None
 
 
 _SEMANTICS = {
@@ -266,7 +328,7 @@ _SEMANTICS = {
     "consent.expired": _consent_ended,
     "subject.erasure_requested": _erasure_requested,
     "subject.erased": _erased,
-    "key.registered": _key_registered,
-    "key.rotated": _key_registered,
-    "job.started": _job_started,
+    "notice.published": _notice_published,
+    "key.registered": _key_entry,
+    "key.rotated": _key_entry,
 }

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from consent import merkle, sigcheck
+from consent.canonical import CanonicalError
 from consent.checkpoints import Checkpoint, verify_checkpoint_signature
 from consent.entries import EntryError, SignedEntry, parse_entry, signature_of, signed_message
 from consent.keys import public_from_b64
@@ -105,8 +106,9 @@ def _keys_from_log(key_entries: list[bytes]) -> dict[str, str]:
     for data in key_entries:
         try:
             body = parse_entry(data, now=_FAR).body
+            public_from_b64(body["public_key"])
             out[body["key_id"]] = body["public_key"]
-        except (EntryError, KeyError):
+        except (EntryError, KeyError, TypeError, ValueError):
             continue  # the streaming pass reports the broken entry itself
     return out
 
@@ -241,9 +243,10 @@ def _stream_pass(engine, report: VerifyReport, page: int, digests, results: _Chu
         for w in conn.execute(select(t.witness_signatures)):
             witnesses.setdefault(w.tree_size, []).append(w)
     cp_at = {c.tree_size: c for c in checkpoints}
-    signed: list = []  # (Checkpoint, witness rows): signatures are judged once the log's keys are known
+    signed: list = []  # (size, Checkpoint, witness rows): signatures are judged once the log's keys are known
     if 0 in cp_at:
         signed.append(_check_checkpoint(cp_at[0], merkle.EMPTY_ROOT, witnesses, report))
+    signed = [s for s in signed if s is not None]
     state = LogState(empty_log=True)
     frontier: list[tuple[int, bytes]] = []  # (level, hash) of perfect subtrees, left to right
     level_digests: dict[int, "hashlib._Hash"] = {}
@@ -286,6 +289,8 @@ def _stream_pass(engine, report: VerifyReport, page: int, digests, results: _Chu
                     events_digest.update(_event_row(idx, entry, kind))
             except (EntryError, AppendError) as exc:
                 add(idx, f"entry {idx}: {exc}")
+            except Exception as exc:  # never expected of a parsed entry; still a finding, never a crash
+                add(idx, f"entry {idx}: cannot be judged ({exc!r})")
         # Merkle: push the leaf, merge equal-level neighbours; each merge is a stored perfect node.
         h, level = leaf, 0
         while frontier and frontier[-1][0] == level:
@@ -301,7 +306,9 @@ def _stream_pass(engine, report: VerifyReport, page: int, digests, results: _Chu
         checked += 1
         if size in cp_at:
             root = merkle.root_from_frontier([fh for _, fh in frontier])
-            signed.append(_check_checkpoint(cp_at[size], root, witnesses, report))
+            judged = _check_checkpoint(cp_at[size], root, witnesses, report)
+            if judged is not None:
+                signed.append(judged)
     report.entries_checked += checked
     if size != report.tree_size:
         report.add(None, f"head says the log has {report.tree_size} entries but {size} are stored")
@@ -319,13 +326,25 @@ def _stream_pass(engine, report: VerifyReport, page: int, digests, results: _Chu
 
 
 def _check_checkpoint(cp, root: bytes, witnesses, report: VerifyReport):
-    checkpoint = Checkpoint.from_body(bytes(cp.body), cp.key_id, bytes(cp.signature))
+    """(Checkpoint, witness rows) to have its signatures judged, or None when its stored body is not a checkpoint
+    body at all (reported here, naming the checkpoint)."""
+    try:
+        checkpoint = Checkpoint.from_body(bytes(cp.body), cp.key_id, bytes(cp.signature))
+        if type(checkpoint.tree_size) is not int or not isinstance(checkpoint.origin, str) or not isinstance(
+            checkpoint.ts, str
+        ):
+            raise TypeError("origin, tree_size or ts has the wrong type")
+    except (CanonicalError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        report.add(None, f"checkpoint at size {cp.tree_size}: stored body is corrupt ({what}); its signature "
+                         "cannot be checked")  # fmt: skip
+        return None
     if checkpoint.tree_size != cp.tree_size:
-        report.add(None, f"checkpoint row {cp.tree_size} carries a body for size {checkpoint.tree_size}")
+        report.add(None, f"checkpoint at size {cp.tree_size}: its signed body is for size {checkpoint.tree_size}")
     if checkpoint.root != root:
         report.add(None, f"checkpoint at size {cp.tree_size}: signed root {checkpoint.root.hex()[:16]}… does not "
                          f"match the recomputed root {root.hex()[:16]}…")  # fmt: skip
-    return checkpoint, witnesses.get(cp.tree_size, [])
+    return cp.tree_size, checkpoint, witnesses.get(cp.tree_size, [])
 
 
 def _event_row(idx: int, entry, kind: str) -> bytes:
@@ -377,14 +396,14 @@ def _check_stored_nodes(stored: dict[int, bytes], level_digests: dict, report: V
 
 def _check_signed_checkpoints(signed: list, keys: dict, report: VerifyReport) -> None:
     """Checkpoint and witness signatures, against the keys the log itself registers (not the mutable key table)."""
-    for checkpoint, wits in signed:
+    for size, checkpoint, wits in signed:  # size: the row's, which names the checkpoint even if its body lies
         key = keys.get(checkpoint.key_id)
         if key is None or key.role != "operator":
-            report.add(None, f"checkpoint at size {checkpoint.tree_size} is signed by {checkpoint.key_id}, "
-                             "which is not a registered operator key")  # fmt: skip
+            report.add(None, f"checkpoint at size {size} is signed by {checkpoint.key_id}, which is not a registered "
+                             "operator key")  # fmt: skip
         elif not verify_checkpoint_signature(checkpoint, key._public):
-            report.add(None, f"checkpoint at size {checkpoint.tree_size}: operator signature does not verify")
+            report.add(None, f"checkpoint at size {size}: operator signature does not verify")
         for w in wits:
             wkey = keys.get(w.key_id)
             if wkey is None or not verify_checkpoint_signature(checkpoint, wkey._public, bytes(w.signature)):
-                report.add(None, f"checkpoint at size {checkpoint.tree_size}: witness {w.key_id} signature invalid")
+                report.add(None, f"checkpoint at size {size}: witness {w.key_id} signature invalid")

@@ -1,7 +1,10 @@
 """The versioned purpose and data-category vocabulary a consent may name.
 
 A consent grants named purposes on named data categories; anything it does not name is forbidden. The vocabulary
-is versioned so an entry written under an older vocabulary still validates: every entry records the version it used.
+is versioned so an entry written under an older vocabulary still validates. An entry names the version it was
+written under in its optional `vocabulary` field; an entry WITHOUT the field was written before the field existed,
+i.e. under version 1 (`UNMARKED_VERSION`), and is judged under version 1 forever, whatever CURRENT_VERSION becomes
+later. Writers that use a later version must say so in the entry.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 CURRENT_VERSION = 1
+# The version an entry that carries no `vocabulary` field was written under: never CURRENT_VERSION, which moves.
+UNMARKED_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class VocabularyError(ValueError):
 
 
 def vocabulary(version: int = CURRENT_VERSION) -> Vocabulary:
+    if type(version) is not int:  # bool is an int subclass; "1" and 1.0 are not versions
+        raise VocabularyError(f"vocabulary version must be an integer, got {version!r}")
     try:
         return VOCABULARIES[version]
     except KeyError:

@@ -18,15 +18,36 @@ end up roughly in [-5, 10] and mean the same thing at every partner.
 
 The columns depend only on ``categories`` (never on the data), so every partner builds the same feature vector.
 Each column is tagged with the data category it needs (``basic`` / ``behavioural`` / ``transaction``), so a job
-emits only the columns its consents allow:
+emits only the columns its consents allow.  Each group reads only its own rows and, of them, only the columns
+named below besides ``user_id`` (all rows are the user's calibration-window rows, ``start <= ts <
+calibration_end``):
 
-* transaction: purchases, repeat purchase days (frequency), days since last purchase, first-to-last purchase span,
-  time since first purchase (T), total / mean-per-purchase-day / largest spend, refunds, last-30-day purchases and
-  spend, purchase-rate trend (last 30 days vs before);
-* behavioural: for each behavioural event type a count and days since the last one; all behavioural events,
-  active days, days since the last one, last-30-day count and trend; social (like/comment/share) intensity per
-  active day, social share of events, last-30-day social events;
-* basic: tenure (time since first seen), share of events per channel, channel of the first event (one-hot).
+* basic (profile) — reads ONE row per user, the user's *first-seen record*: the earliest calibration-window row of
+  any event type (the first in row order among rows with that same earliest ``ts``), which stands for the sign-up
+  / acquisition record; of it only ``ts`` and ``channel`` are used.  Finding it compares the ``ts`` of the user's
+  calibration rows; nothing else of any other row (type, amount, item, category, channel) is read, so the basic
+  columns are a function of the first-seen record alone.  Columns: ``basic_tenure`` (time since first seen, /L)
+  and ``basic_first_channel_<c>`` (one-hot acquisition channel, for c in ``CHANNELS``; all 0 when the channel is
+  missing or another value).
+* behavioural — reads the rows whose ``event_type`` is in ``BEHAVIOURAL_EVENTS`` (everything but order / pay /
+  refund), columns ``ts``, ``event_type``, ``channel``: ``beh_channel_<c>`` (share of those events on channel c),
+  for each behavioural event type a count and days since the last one; all behavioural events, active days,
+  days since the last one, last-30-day count and trend; social (like/comment/share) intensity per active day,
+  social share of events, last-30-day social events.
+* transaction — reads the rows whose ``event_type`` is order / pay / refund, columns ``ts``, ``event_type``,
+  ``amount``, ``channel``: ``txn_channel_<c>`` (share of those rows on channel c), purchases (pay/order),
+  repeat purchase days (frequency), days since last purchase, first-to-last purchase span, time since first
+  purchase (T), total / mean-per-purchase-day / largest spend, refunds, last-30-day purchases and spend,
+  purchase-rate trend (last 30 days vs before).
+
+Which users get a row (any calibration-window event) is the same as "has a first-seen record", so it needs no
+more than the basic source.  The targets read the holdout-window order / pay / refund rows (``ts``,
+``event_type``, ``amount``) and the calibration pay / refund rows (``calibration_value``); no feature reads a
+row at or after ``calibration_end``, so features never change when holdout rows do.
+
+(The channel mix used to be a basic column over all events; it now lives in the behavioural and transaction
+groups, whose rows it reads.  On CDNOW, whose rows carry no channel, every channel column is 0 and the
+basic + transaction matrix is value-for-value the one it was.)
 
 ``rfm_summary`` gives the per-customer (frequency, recency, T, monetary_value) table that BG/NBD and Gamma-Gamma
 take, computed as lifetimes' ``summary_data_from_transaction_data`` does.
@@ -43,8 +64,8 @@ import numpy as np
 import pandas as pd
 
 from models.schema import (
-    BEHAVIOURAL_EVENTS, CHANNELS, EVENT_TYPES, PURCHASE_EVENTS, REFUND_EVENT, SOCIAL_EVENTS, SPEND_EVENT,
-    vocabulary_codes,
+    BEHAVIOURAL_EVENTS, CHANNELS, EVENT_TYPES, MONEY_EVENTS, PURCHASE_EVENTS, REFUND_EVENT, SOCIAL_EVENTS,
+    SPEND_EVENT, vocabulary_codes,
 )
 
 CATEGORIES: tuple[str, ...] = ("basic", "behavioural", "transaction")
@@ -289,20 +310,25 @@ class _Events:
 
 
 def _basic(ev: _Events) -> dict:
-    cal = ev.cal
-    first_seen = ev.reduce_by_user(np.minimum, cal, ev.day, np.inf)
-    cols = {"basic_tenure": ("basic", (ev.length_days - first_seen) / ev.length_days)}
-    n_events = np.maximum(ev.sum_by_user(cal), 1.0)
-    # The first event's channel: among each user's earliest events, the one listed first in the data.
-    first_rows = np.flatnonzero(cal & (ev.day == np.append(first_seen, np.nan)[ev.user]))
+    """Columns of the first-seen record only (see the module docstring)."""
+    first_seen = ev.reduce_by_user(np.minimum, ev.cal, ev.day, np.inf)
+    # The first-seen record: among each user's earliest calibration rows, the one listed first in the data.
+    first_rows = np.flatnonzero(ev.cal & (ev.day == np.append(first_seen, np.nan)[ev.user]))
     first_row = np.full(ev.n_users, len(ev.channel))
     np.minimum.at(first_row, ev.user[first_rows], first_rows)
     first_channel = np.append(ev.channel, -1)[first_row]
-    for k, name in enumerate(CHANNELS):
-        cols[f"basic_channel_{name}"] = ("basic", ev.sum_by_user(cal & (ev.channel == k)) / n_events)
+    first_day = np.append(ev.day, np.nan)[first_row]
+    cols = {"basic_tenure": ("basic", (ev.length_days - first_day) / ev.length_days)}
     for k, name in enumerate(CHANNELS):
         cols[f"basic_first_channel_{name}"] = ("basic", (first_channel == k).astype(np.float64))
     return cols
+
+
+def _channel_shares(ev: _Events, mask: np.ndarray, prefix: str, category: str) -> dict:
+    """Share of the masked rows of each user on each channel of ``CHANNELS`` (0 for a user without such rows)."""
+    n = np.maximum(ev.sum_by_user(mask), 1.0)
+    return {f"{prefix}_channel_{name}": (category, ev.sum_by_user(mask & (ev.channel == k)) / n)
+            for k, name in enumerate(CHANNELS)}
 
 
 def _behavioural(ev: _Events) -> dict:
@@ -311,7 +337,7 @@ def _behavioural(ev: _Events) -> dict:
     last = np.full(ev.n_users * _N_TYPES, -np.inf)
     np.maximum.at(last, ev.user[beh].astype(np.int64) * _N_TYPES + ev.etype[beh], ev.day[beh])
     last = last.reshape(ev.n_users, _N_TYPES)
-    cols = {}
+    cols = _channel_shares(ev, beh, "beh", "behavioural")
     for e in BEHAVIOURAL_EVENTS:
         cols[f"beh_{e}_count"] = ("behavioural", np.log1p(counts[:, _TYPE[e]]))
         cols[f"beh_{e}_days_since"] = ("behavioural", ev.days_since(last[:, _TYPE[e]]))
@@ -347,7 +373,9 @@ def _transaction(ev: _Events) -> dict:
     gross = ev.sum_by_user(pay, ev.amount)
     refunded = ev.sum_by_user(refund, np.abs(ev.amount))
     L = ev.length_days
-    return {
+    # The channel mix comes first, so that on channel-less data (CDNOW) the zero columns keep their old places.
+    cols = _channel_shares(ev, ev.cal & ev.is_type(MONEY_EVENTS), "txn", "transaction")
+    return cols | {
         "txn_purchases": ("transaction", np.log1p(n_purchases)),
         "txn_frequency": ("transaction", np.log1p(np.maximum(n_days - 1.0, 0.0))),
         "txn_days_since_purchase": ("transaction", ev.days_since(last)),

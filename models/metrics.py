@@ -97,9 +97,26 @@ def decile_stats(ltv_true, ltv_pred) -> pd.DataFrame:
 
 
 def decile_mape(ltv_true, ltv_pred) -> float:
-    """Mean over the 10 prediction deciles of ``|mean predicted - mean true| / mean true`` (``decile_stats``);
-    deciles whose true mean is 0 are skipped."""
-    return float(np.nanmean(decile_stats(ltv_true, ltv_pred)["decile_mape"].to_numpy()))
+    """Mean over the prediction deciles of ``|mean predicted - mean true| / mean true`` (``decile_stats``),
+    SKIPPING every decile whose true mean is 0 (its relative error is undefined).
+
+    google/lifetime_value divides by that 0 and so reports inf (or NaN) for the whole model as soon as one
+    decile holds no spender.  With most customers churning that happens for reasons unrelated to calibration
+    (e.g. a test set of a few hundred users whose lowest-predicted tenth bought nothing), and it would turn whole
+    benchmark rows into inf, so Cohort keeps the skip that its published figures were computed with, and makes
+    it explicit: ``decile_mape_skipped`` counts the skipped deciles.  Where that count is 0 the two definitions
+    agree (it was 0 for the BG/NBD and tree predictions of the CDNOW and synthetic quality benchmarks when this
+    was written; small per-partner evaluation sets are where skips happen).  Returns NaN, not a warning, when
+    every decile is skipped (no spend at all).
+    """
+    per_decile = decile_stats(ltv_true, ltv_pred)["decile_mape"].to_numpy()
+    kept = per_decile[~np.isnan(per_decile)]
+    return float(kept.mean()) if len(kept) else float("nan")
+
+
+def decile_mape_skipped(ltv_true, ltv_pred) -> int:
+    """How many prediction deciles ``decile_mape`` skips because their true mean LTV is 0."""
+    return int(np.isnan(decile_stats(ltv_true, ltv_pred)["decile_mape"].to_numpy()).sum())
 
 
 def spearman(ltv_true, ltv_pred) -> float:

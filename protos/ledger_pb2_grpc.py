@@ -159,7 +159,8 @@ class ConsentLedgerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterKey(self, request, context):
-        """Registers a party's key under a role (operator: any role; coordinator: partner and auditor keys).
+        """Registers a NEW identity's key under a role (operator: any role; coordinator: auditor identities only); an
+        identity that already holds a key gets a new one only through a key.rotated entry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -4,15 +4,23 @@
 (``[tool.flwr.app.config]``, ``flwr run --run-config``); ``make_server_app(job, hooks)`` builds the same app around
 a given job and ledger hooks (the demo, tests). With ``output-dir`` in the run config the result is also written
 there (``result.json``, ``model.npz``).
+
+When the run config names no ledger (the pyproject defaults: a bare ``flwr run .``), ``app`` builds an embedded one
+next to the result (``output-dir``, else a new temporary directory) and prints where: see ``server.embedded``.
 """
 
 from __future__ import annotations
 
+import logging
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from server.embedded import embedded_ledger, wants_embedded_ledger
 from server.job import Job
 from server.runner import JobHooks, JobResult, run_job
+
+log = logging.getLogger(__name__)
 
 
 def make_server_app(
@@ -26,13 +34,21 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         the_job = job or Job.from_run_config(dict(context.run_config))
-        the_hooks = hooks or hooks_from_run_config(context)
+        output_dir = str(context.run_config.get("output-dir", "") or "")
+        embedded = None
+        if job is None and hooks is None and wants_embedded_ledger(context.run_config):
+            # A bare `flwr run .`: no ledger configured, so set up the demo's self-contained one (server.embedded).
+            embedded = embedded_ledger(grid, the_job, context.run_config, say=_say)
+            the_job, the_hooks, output_dir = embedded.job, embedded.hooks, str(embedded.out)
+        else:
+            the_hooks = hooks or hooks_from_run_config(context)
         result = run_job(grid, the_job, the_hooks)
         if results is not None:
             results.append(result)
-        output_dir = str(context.run_config.get("output-dir", "") or "")
         if output_dir:
             result.save(output_dir)
+        if embedded is not None:
+            _say(embedded.summary(result))
 
     return server_app
 
@@ -43,7 +59,10 @@ def hooks_from_run_config(context: Context) -> JobHooks:
     * ``ledger-target`` (host:port of the ConsentLedger service; ``ledger-ca`` for TLS) and ``keys-dir`` holding
       ``coordinator.key``: the coordinator's signed gRPC client — the deployment path;
     * or ``ledger-db`` (a database URL) and ``keys-dir`` holding ``operator.key``: the ledger in-process;
-    * neither: no ledger — the run config must fix the checkpoint itself (``tree-size``), manifests are only saved.
+    * neither, but ``tree-size`` (and the partners' ``ledger-url``) fixed: no ledger on the server side, manifests
+      are only saved;
+    * nothing at all (no ``ledger-target``/``ledger-db``/``ledger-url``, ``tree-size = 0``): ``make_server_app``'s
+      app does not come here but builds an embedded ledger (``server.embedded``), the default of ``flwr run .``.
     ``lifetime-epsilon`` (> 0) caps every subject's ε across jobs."""
     run = context.run_config
     target, db = str(run.get("ledger-target", "") or ""), str(run.get("ledger-db", "") or "")
@@ -66,6 +85,11 @@ def hooks_from_run_config(context: Context) -> JobHooks:
         ledger = Ledger.open(db, Identity.load(keys_dir, "operator"))
     cap = float(run.get("lifetime-epsilon", 0.0) or 0.0)
     return LedgerBinding(ledger, coordinator, lifetime_epsilon=cap if cap > 0 else None).hooks()
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # the ServerApp's output is what `flwr run --stream` and `flwr log` show
+    log.info("%s", line)
 
 
 app = make_server_app()

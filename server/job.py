@@ -59,6 +59,9 @@ class Job:
     expected_partners: int = 0  # preflight waits (up to its timeout) for this many; 0 = just min_partners
     seed: int = 0  # initial model weights (public; never the DP noise, which each partner draws itself)
     ltv_loc_init: float = 3.0  # public prior for the ZILN location, log-dollars (~$20 a purchase), not fitted
+    # Announced to partners in every round (RoundConfig.ledger_link): where to read eligibility when their own
+    # node / run config has no ledger-url. Set by the ServerApp for its embedded ledger (server.embedded).
+    ledger_link: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +119,7 @@ class Job:
             accountant=self.accountant,
             eval_fraction=self.eval_fraction,
             hidden=tuple(self.hidden),
+            ledger_link=self.ledger_link,
         )
 
     def describe(self) -> dict[str, Any]:

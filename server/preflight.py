@@ -1,9 +1,13 @@
 """Preflight, before round 1: fix the ledger checkpoint, then ask every partner whether it can take part.
 
-Each connected partner answers a ``query`` message (``client.app``) with its eligible count at the checkpoint, its
-feature schema and the epsilon it has already spent in this job. A partner is ready when it has eligible rows to
-train on, shares the feature schema of the majority, and has budget left. The job starts only if at least
-``min_partners`` are ready; otherwise ``PreflightError`` says, partner by partner, why not.
+Each connected partner answers a ``query`` message (``client.app``) with its eligible count at the checkpoint (and
+how many subjects consent before the lifetime budget is applied), its feature schema and the epsilon it has already
+spent in this job. A partner that answers with no eligible subject refuses the whole job (``PreflightError`` naming
+it and saying whether nobody consents or every consenting subject is over budget): the consortium asked for that
+partner, and quietly training without it would change what the job is. A partner is ready when it has eligible
+rows to train on, shares the feature schema of the majority, and has budget left in this job; one that does not
+answer in time is a dropout, tolerated like in any round. The job starts only if at least ``min_partners`` are
+ready; otherwise ``PreflightError`` says, partner by partner, why not.
 
 The checkpoint comes from ``job.tree_size`` or, when that is 0, from the ``checkpoint`` hook (the ledger's latest
 signed checkpoint); a job never runs against a moving ledger.
@@ -37,6 +41,7 @@ class PartnerReadiness:
     n_features: int
     feature_schema: str
     epsilon_spent: float
+    consenting_count: int = 0  # consenting subjects before the lifetime budget cap; >= eligible_count
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -93,12 +98,16 @@ def preflight(grid: Grid, job: Job, checkpoint: CheckpointHook | None = None) ->
     )
     report = PreflightReport(job=job)
     answered = set()
+    refusals: dict[str, str] = {}  # partner -> why the job cannot run at all
     for msg in replies:
         node = int(msg.metadata.src_node_id)
         answered.add(node)
         readiness = _readiness(msg)
         if isinstance(readiness, str):
             report.not_ready[node] = readiness
+        elif readiness.eligible_count < 1:
+            refusals[readiness.partner_id] = _why_no_eligible(readiness, job)
+            report.not_ready[node] = f"{readiness.partner_id}: {refusals[readiness.partner_id]}"
         elif readiness.epsilon_spent >= job.target_epsilon:
             report.not_ready[node] = f"{readiness.partner_id}: budget spent ({readiness.epsilon_spent:.3f})"
         elif readiness.partner_id in {p.partner_id for p in report.ready}:
@@ -113,6 +122,11 @@ def preflight(grid: Grid, job: Job, checkpoint: CheckpointHook | None = None) ->
     _keep_majority_schema(report)
     for node, why in sorted(report.not_ready.items()):
         log.warning("preflight: node %d not ready: %s", node, why)
+    if refusals:
+        raise PreflightError(
+            f"job {job.job_id} refused at tree size {job.tree_size}: "
+            + "; ".join(f"{partner}: {why}" for partner, why in sorted(refusals.items()))
+        )
     if len(report.ready) < job.min_partners:
         raise PreflightError(
             f"job {job.job_id}: {len(report.ready)} partner(s) ready at tree size {job.tree_size}, need at least "
@@ -140,9 +154,19 @@ def _readiness(msg: Message) -> PartnerReadiness | str:
             n_features=int(r["n-features"]),
             feature_schema=str(r["feature-schema"]),
             epsilon_spent=float(r["epsilon-spent"]),
+            # A partner that does not report it applies no cap of its own: everyone consenting is eligible.
+            consenting_count=int(r.get("consenting-count", r["eligible-count"])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         return f"unreadable readiness reply: {exc!r}"
+
+
+def _why_no_eligible(readiness: PartnerReadiness, job: Job) -> str:
+    if readiness.consenting_count > 0:
+        return (f"all {readiness.consenting_count} consenting subjects would exceed their lifetime ε budget with this "
+                f"job's ε {job.target_epsilon:g}")  # fmt: skip
+    return (f"no subject consents to {job.purpose} on {', '.join(sorted(job.categories))} at tree size "
+            f"{job.tree_size}")  # fmt: skip
 
 
 def _keep_majority_schema(report: PreflightReport) -> None:

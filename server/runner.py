@@ -5,8 +5,11 @@ run`` and a deployment:
 
 * ``checkpoint(job) -> tree_size``: the ledger's latest signed checkpoint, used when ``job.tree_size`` is 0;
 * ``preflight(grid, job, checkpoint) -> PreflightReport``: defaults to ``server.preflight.preflight``;
-* ``on_round(manifest)``: after each round, e.g. append ``manifest.to_dict()`` as a ``round.manifest`` entry;
-* ``on_finish(result)``: after the last round (publish the model, value contributions, issue rewards).
+* ``on_round(manifest)``: after each round, e.g. append ``manifest.to_dict()`` as a ``round.manifest`` entry and
+  charge the round's epsilon (charging per round, not at the end, is what keeps a stopped job's spend counted);
+* ``on_finish(result)``: after the last round (publish the model, value contributions, issue rewards);
+* ``on_stop(job, manifests, error)``: the job ended early (after preflight) with ``error``; ``manifests`` are the
+  rounds that closed. The error is re-raised afterwards.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from models.nets import ChurnLTVNet, get_weights, weight_names
 from server.job import Job
 from server.manifests import RoundManifest, model_hash
 from server.preflight import CheckpointHook, PreflightReport, preflight
-from server.strategy import GuardedStrategy, build_strategy
+from server.strategy import GuardedStrategy, PartnerMetrics, build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class JobHooks:
     preflight: Callable[[Grid, Job, CheckpointHook | None], PreflightReport] = preflight
     on_round: Callable[[RoundManifest], None] | None = None
     on_finish: Callable[[JobResult], None] | None = None
+    on_stop: Callable[[Job, list[RoundManifest], Exception], None] | None = None
 
 
 @dataclass
@@ -49,6 +53,9 @@ class JobResult:
     train_metrics: dict[int, MetricRecord] = field(default_factory=dict)
     evaluate_metrics: dict[int, MetricRecord] = field(default_factory=dict)
     initial_model_hash: str = ""
+    # Each partner's own metrics (round -> partner_id -> name -> value); the two above are weighted means.
+    partner_train_metrics: PartnerMetrics = field(default_factory=dict)
+    partner_evaluate_metrics: PartnerMetrics = field(default_factory=dict)
 
     @property
     def epsilon_by_partner(self) -> dict[str, float]:
@@ -79,6 +86,8 @@ class JobResult:
             "manifests": [m.to_dict() for m in self.manifests],
             "train_metrics": {str(r): dict(m) for r, m in self.train_metrics.items()},
             "evaluate_metrics": {str(r): dict(m) for r, m in self.evaluate_metrics.items()},
+            "partner_train_metrics": {str(r): m for r, m in self.partner_train_metrics.items()},
+            "partner_evaluate_metrics": {str(r): m for r, m in self.partner_evaluate_metrics.items()},
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -107,14 +116,23 @@ def run_job(grid: Grid, job: Job, hooks: JobHooks | None = None) -> JobResult:
     start = initial_model(job, report.n_features)
     initial_hash = model_hash(start)
     config = job.round_config().to_record()
-    flower_result = strategy.start(
-        grid=grid,
-        initial_arrays=start,
-        num_rounds=job.rounds,
-        timeout=job.round_timeout_s,
-        train_config=config,
-        evaluate_config=job.round_config().to_record(),
-    )
+    try:
+        flower_result = strategy.start(
+            grid=grid,
+            initial_arrays=start,
+            num_rounds=job.rounds,
+            timeout=job.round_timeout_s,
+            train_config=config,
+            evaluate_config=job.round_config().to_record(),
+        )
+    except Exception as exc:
+        log.error("job %s stopped after %d round(s): %s", job.job_id, len(strategy.manifests), exc)
+        if hooks.on_stop is not None:
+            try:
+                hooks.on_stop(job, list(strategy.manifests), exc)
+            except Exception:  # the caller must see why the job stopped, not why recording it failed
+                log.exception("job %s: the on_stop hook failed", job.job_id)
+        raise
     result = JobResult(
         job=job,
         preflight=report,
@@ -123,6 +141,8 @@ def run_job(grid: Grid, job: Job, hooks: JobHooks | None = None) -> JobResult:
         train_metrics=dict(flower_result.train_metrics_clientapp),
         evaluate_metrics=dict(flower_result.evaluate_metrics_clientapp),
         initial_model_hash=initial_hash,
+        partner_train_metrics=strategy.partner_train_metrics,
+        partner_evaluate_metrics=strategy.partner_evaluate_metrics,
     )
     log.info("job %s finished: %d round(s), epsilon by partner %s", job.job_id, len(result.manifests),
              result.epsilon_by_partner)

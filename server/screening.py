@@ -2,8 +2,10 @@
 
 A reply is refused when its arrays do not match the global model (names, shapes, a floating dtype), contain NaN
 or Inf, when ``num-examples`` is not a positive finite number, when the reported epsilon is above the job's target,
-or when its manifest part is missing or does not describe this job, this round and this checkpoint. Replies that
-carry a Flower error (the ClientApp raised, or the node was lost) are counted as failed, not refused.
+or when its manifest part is missing or does not describe this job, this round and this checkpoint. With the
+preflight's ``partner_of_node``, a reply from a node preflight did not find ready is refused too: that node's
+partner was never checked against the ledger. Replies that carry a Flower error (the ClientApp raised, or the node
+was lost) are counted as failed, not refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from client.manifest import ManifestPart
 from client.privacy import EPSILON_SLACK
 from client.protocol import ARRAYS, EPSILON, MANIFEST, METRICS, NUM_EXAMPLES
+from consent.entries import MAX_REASON
 from server.job import Job
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,15 @@ class Refusal:
     reason: str
 
     def to_dict(self) -> dict:
-        return {"node_id": self.node_id, "partner_id": self.partner_id, "reason": self.reason}
+        return {"node_id": self.node_id, "partner_id": self.partner_id, "reason": manifest_reason(self.reason)}
+
+
+def manifest_reason(reason: str) -> str:
+    """What of a refusal or failure goes into the signed manifest: a crashed ClientApp's reason is a whole remote
+    traceback (kept in the log), of which the last line names the error; the ledger takes at most MAX_REASON."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    summary = lines[-1] if lines else "no reason given"
+    return summary if len(summary) <= MAX_REASON else summary[: MAX_REASON - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,7 @@ def screen_train_replies(
         try:
             part = _manifest_part(msg)
             partner_id = part.partner_id
+            _check_ready(msg, node_id, partner_of_node or {})
             _check_identity(part, node_id, job, server_round, partner_of_node or {}, seen_partners)
             _check_arrays(msg.content.array_records, reference)
             _check_metrics(msg.content.metric_records, part, job)
@@ -104,6 +116,14 @@ def screen_train_replies(
 
 def replying_node(msg: Message, node_of_message: Mapping[str, int]) -> int:
     return int(node_of_message.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id))
+
+
+def _check_ready(msg: Message, node_id: int, partner_of_node: Mapping[int, str]) -> None:
+    if not partner_of_node:
+        return  # no preflight (unit tests): nothing to hold the node to
+    for node in (node_id, int(msg.metadata.src_node_id)):
+        if node not in partner_of_node:
+            raise UpdateRefused(f"node {node} was not found ready at preflight; its update is not used")
 
 
 def _manifest_part(msg: Message) -> ManifestPart:

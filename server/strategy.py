@@ -2,13 +2,16 @@
 
 ``GuardedStrategy`` wraps any of Flower's FedAvg-family strategies and, around the wrapped one:
 
-* sends each round to every connected partner (waiting at most the round timeout for ``min_partners``), with a
-  message TTL equal to the round timeout, so a late partner does not work on a closed round;
+* sends each round to every connected partner that preflight found ready (``partner_of_node``; waiting at most the
+  round timeout for ``min_partners``), with a message TTL equal to the round timeout, so a late partner does not
+  work on a closed round; a reply from any other node is refused and logged;
 * screens train replies (``server.screening``): NaN/Inf, wrong shapes, over-budget epsilon, a manifest part that
   does not describe this round -- refused and logged, never aggregated;
 * closes the round with the partners that answered usably if at least ``min_partners`` did, else stops the job
   with ``NotEnoughPartners``;
 * reports epsilon as the MAX over partners (a weighted mean would understate the worst case);
+* keeps each partner's own train and evaluate metrics per round (``partner_train_metrics``,
+  ``partner_evaluate_metrics``): Flower's result holds only the weighted means, the same for every partner;
 * builds the round manifest and hands it to ``on_round``.
 
 ``Strategy.start(..., timeout=job.round_timeout_s)`` is what bounds each round in time: Flower's
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 
 MAX_KEYS = frozenset({EPSILON, "epsilon-round"})
 
+# round -> partner_id -> metric name -> value
+PartnerMetrics = dict[int, dict[str, dict[str, float]]]
+
 
 def aggregate_train_metrics(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """Weighted mean of each train metric, except epsilon: the max over partners."""
@@ -54,6 +60,10 @@ def _aggregate(metric_records: list[MetricRecord], weighted_by_key: str) -> Metr
             out[key] = sum(v * w for v, w in pairs) / total
     out[weighted_by_key] = sum(float(m[weighted_by_key]) for m in metric_records)
     return out
+
+
+def _scalars(metrics: MetricRecord) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def build_strategy(job: Job) -> FedAvg:
@@ -92,9 +102,12 @@ class GuardedStrategy(Strategy):
     ) -> None:
         self.inner = inner
         self.job = job
+        # Empty only without a preflight (unit tests): then every connected node takes part.
         self.partner_of_node = dict(partner_of_node or {})
         self.on_round = on_round
         self.manifests: list[RoundManifest] = []
+        self.partner_train_metrics: PartnerMetrics = {}
+        self.partner_evaluate_metrics: PartnerMetrics = {}
         self._sent: dict[int, list[Message]] = {}
         self._global: dict[int, ArrayRecord] = {}
         self._reference: ArrayShapes = {}
@@ -115,7 +128,8 @@ class GuardedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        nodes = connected_partners(grid, self.job.min_partners, self.job.round_timeout_s, what=f"round {server_round}")
+        nodes = connected_partners(grid, self.job.min_partners, self.job.round_timeout_s, what=f"round {server_round}",
+                                   among=self._ready())  # fmt: skip
         self._global[server_round] = arrays
         self._reference = shapes_of(arrays)
         # Kept: the grid gives each message its id when it sends it, and replies refer to that id.
@@ -155,6 +169,9 @@ class GuardedStrategy(Strategy):
         if metrics is not None:
             # Robust strategies aggregate metrics over the updates they selected; the job's spend is everyone's.
             metrics[EPSILON] = max(p.epsilon for p in parts)
+        self.partner_train_metrics[server_round] = {
+            u.part.partner_id: _scalars(u.message.content.metric_records[METRICS]) for u in accepted
+        }
         manifest = round_manifest(
             self.job,
             server_round,
@@ -186,16 +203,22 @@ class GuardedStrategy(Strategy):
         every = self.job.evaluate_every
         if every == 0 or (server_round % every and server_round != self.job.rounds):
             return []
-        nodes = sorted(grid.get_node_ids())
+        ready = self._ready()
+        nodes = sorted(n for n in grid.get_node_ids() if ready is None or n in ready)
         return self._messages(server_round, nodes, arrays, config, MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Weighted mean of each metric over the partners that reported it; evaluation never stops a job."""
-        usable = []
+        usable, by_partner = [], {}
+        ready = self._ready()
         for msg in replies:
+            node = int(msg.metadata.src_node_id)
             if msg.has_error():
-                log.warning("round %d: evaluation failed on node %d: %s", server_round, msg.metadata.src_node_id,
-                            msg.error.reason)
+                log.warning("round %d: evaluation failed on node %d: %s", server_round, node, msg.error.reason)
+                continue
+            if ready is not None and node not in ready:
+                log.warning("round %d: refused evaluation from node %d: not found ready at preflight", server_round,
+                            node)  # fmt: skip
                 continue
             metrics = msg.content.metric_records.get(METRICS)
             n = metrics.get(NUM_EXAMPLES) if metrics is not None else None
@@ -203,7 +226,13 @@ class GuardedStrategy(Strategy):
                 continue
             if all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
                 usable.append(metrics)
+                by_partner[self.partner_of_node.get(node, f"node-{node}")] = _scalars(metrics)
+        if by_partner:
+            self.partner_evaluate_metrics[server_round] = by_partner
         return _aggregate(usable, NUM_EXAMPLES) if usable else None
+
+    def _ready(self) -> set[int] | None:
+        return set(self.partner_of_node) if self.partner_of_node else None
 
     def _messages(
         self, server_round: int, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord, message_type: str

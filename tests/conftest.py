@@ -1,43 +1,21 @@
-"""Shared fixtures: ledgers on SQLite and on the machine's real PostgreSQL (a fresh database per use)."""
+"""Shared fixtures: ledgers on SQLite and on the machine's real PostgreSQL (a fresh database per use).
+
+PostgreSQL: tests.ledger_helpers.PG_URL (COHORT_TEST_PG, default the brief's database `test` on 127.0.0.1:5432);
+each use creates a database of its own from there and drops it afterwards. A server that is down fails the test.
+"""
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 
-PG_ADMIN = os.environ.get("COHORT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_available() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN.replace("postgresql://", "postgresql://", 1), connect_timeout=3):
-            return True
-    except Exception:
-        return False
+from tests.ledger_helpers import fresh_pg_database
 
 
 @pytest.fixture
 def pg_url():
     """A fresh PostgreSQL database, dropped afterwards. Fails (never skips) when PostgreSQL is down."""
-    import psycopg
-
-    if not _pg_available():
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}; start it (see .ci/run)")
-    name = f"cohort_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -7,6 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from models.data import PROFILES, Windows, generate_platforms
+from models.data import generator
 from models.features import build_features
 from models.schema import COLUMNS, validate_events
 
@@ -86,3 +87,82 @@ def test_sizes_per_platform_and_custom_profiles():
     assert small["content"]["user_id"].nunique() == 10 and small["loyal"]["user_id"].nunique() == 5
     with pytest.raises(ValueError):
         generate_platforms(platforms=("content", "content"))
+
+
+# --- the documented holdout mechanism: purchases rise with the social signal s -----------------------------------
+
+def _per_user(df: pd.DataFrame):
+    """(s, holdout pay count) per user, from the data: s = log1p(likes + comments + shares in the last 30
+    calibration days), as the module docstring defines it."""
+    w = df.attrs["windows"]
+    users = df["user_id"].cat.categories
+    code = df["user_id"].cat.codes.to_numpy()
+    last30 = ((df["ts"] >= w.calibration_end - pd.Timedelta(days=30)) & (df["ts"] < w.calibration_end)
+              & df["event_type"].isin(["like", "comment", "share"])).to_numpy()
+    hold_pay = ((df["ts"] >= w.calibration_end) & (df["event_type"] == "pay")).to_numpy()
+    s = np.log1p(np.bincount(code[last30], minlength=len(users)))
+    return s, np.bincount(code[hold_pay], minlength=len(users))
+
+
+def _generate(**constants):
+    old = {k: getattr(generator, k) for k in constants}
+    try:
+        for k, v in constants.items():
+            setattr(generator, k, v)
+        return generate_platforms(platforms=("content",), users_per_platform=4000, seed=11)["content"]
+    finally:
+        for k, v in old.items():
+            setattr(generator, k, v)
+
+
+@pytest.fixture(scope="module")
+def social_runs():
+    return _generate(), _generate(SOCIAL_RATE_EFFECT=0.0), _generate(SOCIAL_SPEND_EFFECT=0.0)
+
+
+def test_holdout_purchases_rise_with_the_social_signal(social_runs):
+    df = social_runs[0]
+    s, bought = _per_user(df)
+    assert (s > 0).mean() > 0.2  # enough socially active users to see anything
+    # Observed: holdout purchases per user grow across groups of rising s (confounded by engagement, but rising).
+    groups = [bought[s == 0].mean(), bought[(s > 0) & (s <= np.log1p(2))].mean(), bought[s > np.log1p(2)].mean()]
+    assert groups[0] < groups[1] < groups[2], groups
+
+
+def test_the_social_rate_effect_is_the_documented_one(social_runs):
+    """Same seed with SOCIAL_RATE_EFFECT = 0: the calibration behaviour is identical, so per user the holdout
+    purchase counts of the two runs are Poisson with means m and m * exp(0.35 s).  Given their sum, the count of
+    the real run is Binomial with logit = 0.35 s (no intercept): fit that slope."""
+    real, flat, _ = social_runs
+    w = real.attrs["windows"]
+    # The calibration rows agree except the add_to_cart events of holdout purchases (up to 2 days before one, so
+    # possibly just before calibration_end) and the channel of "stray" rows (drawn after all rows exist).
+    cols = ["user_id", "ts", "event_type", "amount"]
+    cal = lambda d: d.loc[(d["ts"] < w.calibration_end) & (d["event_type"] != "add_to_cart"), cols]  # noqa
+    pd.testing.assert_frame_equal(cal(real).reset_index(drop=True), cal(flat).reset_index(drop=True))
+    s, y1 = _per_user(real)
+    s0, y0 = _per_user(flat)
+    assert np.array_equal(s, s0)
+    n = y1 + y0
+
+    def neg_log_lik(beta):
+        return -(y1 * beta * s - n * np.logaddexp(0.0, beta * s)).sum()
+
+    grid = np.linspace(-1, 1, 2001)
+    beta = grid[np.argmin([neg_log_lik(b) for b in grid])]
+    assert abs(beta - generator.SOCIAL_RATE_EFFECT) < 0.07, beta
+    assert y1.sum() > 1.1 * y0.sum()  # more purchases overall with the effect on
+
+
+def test_the_social_spend_effect_scales_every_holdout_amount(social_runs):
+    """With SOCIAL_SPEND_EFFECT = 0 the holdout purchases are the same draws, only their amounts differ, by
+    exp(0.1 s) per user (up to rounding to cents)."""
+    real, _, flat = social_runs
+    w = real.attrs["windows"]
+    pays = lambda d: d[(d["ts"] >= w.calibration_end) & (d["event_type"] == "pay")].reset_index(drop=True)  # noqa
+    a, b = pays(real), pays(flat)
+    assert np.array_equal(a["user_id"].cat.codes, b["user_id"].cat.codes) and a["ts"].equals(b["ts"])
+    s, _ = _per_user(real)
+    expected = np.exp(generator.SOCIAL_SPEND_EFFECT * s[a["user_id"].cat.codes.to_numpy()])
+    big = b["amount"].to_numpy() > 5  # rounding to cents blurs tiny amounts
+    np.testing.assert_allclose(a["amount"].to_numpy()[big] / b["amount"].to_numpy()[big], expected[big], rtol=2e-3)

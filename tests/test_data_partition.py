@@ -4,7 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.data import generate_platforms, load_cdnow_sample, partition_by_hash, partition_noniid
+from models.data import (
+    CDNOW_CALIBRATION_END, generate_platforms, load_cdnow_sample, partition_by_hash, partition_noniid,
+)
+from models.schema import validate_events
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def test_spend_tier_partition_is_non_iid_but_mixed(events):
 
 def test_cohort_partition_orders_first_purchase():
     sample = load_cdnow_sample()
-    parts = partition_noniid(sample, 2, by="cohort", seed=0, mixing=0.0)
+    parts = partition_noniid(sample, 2, by="cohort", seed=0, mixing=0.0, calibration_end=CDNOW_CALIBRATION_END)
     _check_disjoint_and_complete(sample, parts)
     first = sample.groupby("user_id")["ts"].min()
     a, b = (first.loc[sorted(u)] for u in _users(parts).values())
@@ -76,6 +79,75 @@ def test_cohort_partition_orders_first_purchase():
 
 
 def test_mixing_one_is_random_assignment(events):
-    parts = partition_noniid(events, 4, by="spend_tier", seed=0, mixing=1.0)
+    parts = partition_noniid(events, 4, by="spend_tier", seed=0, mixing=1.0,
+                             calibration_end=events.attrs["windows"].calibration_end)
     assert list(parts) == ["A", "B", "C", "D"]
     assert all(abs(len(u) - 750) < 120 for u in _users(parts).values())
+
+
+def test_calibration_end_is_required():
+    sample = load_cdnow_sample()
+    with pytest.raises(TypeError, match="calibration_end"):
+        partition_noniid(sample, 2, by="cohort")
+    with pytest.raises(ValueError, match="calibration_end is required"):
+        partition_noniid(sample, 2, by="spend_tier", calibration_end=None)
+
+
+def _partner_of(parts) -> dict:
+    return {u: k for k, users in _users(parts).items() for u in users}
+
+
+def _alter_holdout(events, calibration_end, seed: int) -> pd.DataFrame:
+    """The same calibration rows; holdout rows thinned, re-typed, re-priced and moved, plus new holdout buyers and
+    holdout-only users."""
+    rng = np.random.default_rng(seed)
+    ev = events.assign(user_id=events["user_id"].astype(str), event_type=events["event_type"].astype(str),
+                       channel=events["channel"].astype(str))
+    cal, hold = ev[ev["ts"] < calibration_end], ev[ev["ts"] >= calibration_end]
+    hold = hold[rng.random(len(hold)) < 0.5].copy()
+    hold["event_type"] = rng.choice(["pay", "order", "browse", "share", "refund"], len(hold))
+    hold["amount"] = np.round(rng.lognormal(4, 1, len(hold)), 2)
+    hold["ts"] = calibration_end + pd.to_timedelta(rng.integers(0, 90 * 86_400, len(hold)), unit="s")
+    buyers = rng.choice(cal["user_id"].unique(), 300)
+    newcomers = [f"new-{i}" for i in range(200)]
+    extra = pd.DataFrame({
+        "user_id": np.r_[buyers, newcomers],
+        "ts": calibration_end + pd.to_timedelta(rng.integers(0, 90 * 86_400, 500), unit="s"),
+        "event_type": "pay", "amount": 500.0, "channel": "app",
+    })
+    out = pd.concat([cal, hold, extra], ignore_index=True)
+    return validate_events(out.sample(frac=1.0, random_state=seed), max_error_rate=0.0).events
+
+
+@pytest.mark.parametrize("by", ["cohort", "spend_tier"])
+def test_holdout_events_do_not_move_anyone(events, by):
+    # Before the fix, cohort ranked by the first purchase over all events: a user whose first purchase is in the
+    # holdout drifted to the last partner, i.e. the split depended on the outcome a model is scored on.
+    w = events.attrs["windows"]
+    before = _partner_of(partition_noniid(events, 3, by=by, seed=0, mixing=0.2, calibration_end=w.calibration_end))
+    cal_users = set(events.loc[events["ts"] < w.calibration_end, "user_id"].astype(str))
+    for seed in (1, 2):
+        altered = _alter_holdout(events, w.calibration_end, seed)
+        after = _partner_of(partition_noniid(altered, 3, by=by, seed=0, mixing=0.2,
+                                             calibration_end=w.calibration_end))
+        assert {u: after[u] for u in cal_users} == {u: before[u] for u in cal_users}
+    # Without any holdout row at all: the same again.
+    no_holdout = events[events["ts"] < w.calibration_end]
+    assert _partner_of(partition_noniid(no_holdout, 3, by=by, seed=0, mixing=0.2,
+                                        calibration_end=w.calibration_end)) == {u: before[u] for u in cal_users}
+
+
+def test_cohort_is_the_first_event_not_the_first_purchase():
+    day = pd.Timestamp("2024-01-01")
+    rows = [("early_browser", 0, "browse", 0.0), ("early_browser", 100, "pay", 5.0),  # buys only in the holdout
+            ("mid_buyer", 10, "pay", 5.0), ("late_browser", 20, "like", 0.0), ("late_browser", 21, "pay", 1.0),
+            ("holdout_only", 95, "pay", 50.0)]
+    df = pd.DataFrame(rows, columns=["user_id", "day", "event_type", "amount"])
+    df["ts"] = day + pd.to_timedelta(df.pop("day"), unit="D")
+    parts = partition_noniid(validate_events(df).events, 3, by="cohort", mixing=0.0,
+                             calibration_end=day + pd.Timedelta(days=90))
+    assert _users(parts) == {"A": {"early_browser"}, "B": {"mid_buyer"}, "C": {"late_browser", "holdout_only"}}
+    spend = partition_noniid(validate_events(df).events, 3, by="spend_tier", mixing=0.0,
+                             calibration_end=day + pd.Timedelta(days=90))
+    # Ranked on calibration spend only: early_browser's holdout purchase does not count; holdout_only is in A.
+    assert _users(spend) == {"A": {"early_browser", "holdout_only"}, "B": {"late_browser"}, "C": {"mid_buyer"}}

@@ -21,7 +21,7 @@ import pytest
 from consent import merkle
 from consent.client import LedgerClient, LedgerRPCError
 from consent.entries import make_entry
-from consent.partner import PartnerDesk
+from consent.partner import DEFAULT_NOTICE, PartnerDesk
 from test_service_support import CATEGORIES, PURPOSE, Env, database, decisions, make_keys
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,8 +87,9 @@ def _load(env: Env, address: str, stop: threading.Event):
         with LedgerClient(address, ident, timeout=10) as client:
             k = 0
             while not stop.is_set():
-                body = {"job_id": f"job-{k}", "purpose": PURPOSE, "data_categories": CATEGORIES, "checkpoint": k,
-                        "rounds": 1, "target_epsilon": 1.0, "delta": 1e-5}  # fmt: skip
+                body = {"job_id": f"job-{k}", "purpose": PURPOSE, "data_categories": CATEGORIES,
+                        "checkpoint": {"tree_size": k, "root": ""}, "rounds": 1, "target_epsilon": 1.0,
+                        "delta": 1e-5}  # fmt: skip
                 entry = make_entry("job.started", body, ident)
                 try:
                     [index] = client.append([entry])
@@ -126,6 +127,9 @@ def test_acknowledged_appends_survive_sigkill(tmp_path, kind):
         first = ServerProcess(url, keys_dir, tmp_path / "server.log")
         stop = threading.Event()
         try:
+            for name in ("partner-a", "partner-b"):  # the consents below cite DEFAULT_NOTICE
+                with LedgerClient(first.address, keys[name], timeout=10) as client:
+                    PartnerDesk(keys[name], b"-", client).publish_notice(DEFAULT_NOTICE, [PURPOSE])
             threads, acked, errors = _load(env, first.address, stop)
             time.sleep(LOAD_SECONDS)
         finally:
@@ -152,8 +156,9 @@ def test_acknowledged_appends_survive_sigkill(tmp_path, kind):
                 assert checkpoint.tree_size == size
                 assert merkle.root_hash([stored[i] for i in range(size)]) == checkpoint.root
                 # The log keeps going after the crash.
-                job = {"job_id": "after-crash", "purpose": PURPOSE, "data_categories": CATEGORIES, "checkpoint": size,
-                       "rounds": 1, "target_epsilon": 1.0, "delta": 1e-5}  # fmt: skip
+                job = {"job_id": "after-crash", "purpose": PURPOSE, "data_categories": CATEGORIES,
+                       "checkpoint": {"tree_size": size, "root": ""}, "rounds": 1, "target_epsilon": 1.0,
+                       "delta": 1e-5}  # fmt: skip
                 assert coordinator.append([make_entry("job.started", job, keys["coordinator"])]) == [size]
         finally:
             second.terminate()

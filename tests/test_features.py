@@ -12,7 +12,7 @@ from models.data import (
     CDNOW_CALIBRATION_END, CDNOW_HOLDOUT_END, generate_platforms, load_cdnow, load_cdnow_sample,
 )
 from models.features import CATEGORIES, build_features, feature_names, rfm_summary
-from models.schema import EVENT_TYPES, validate_events
+from models.schema import BEHAVIOURAL_EVENTS, EVENT_TYPES, MONEY_EVENTS, validate_events
 
 START, CAL_END, HOLD_END = pd.Timestamp("2024-01-01"), pd.Timestamp("2024-03-01"), pd.Timestamp("2024-04-01")
 L = 60.0  # days in the calibration window
@@ -76,14 +76,16 @@ def test_behavioural_and_basic_features_by_hand(hand):
         "beh_events": np.log1p(2), "beh_active_days": np.log1p(2), "beh_days_since_any": (L - 45) / L,
         "beh_events_recent": np.log1p(1), "beh_trend": np.log1p(1) - np.log1p(30 / 28),
         "beh_social_per_active_day": np.log1p(0.5), "beh_social_share": 0.5, "beh_social_recent": np.log1p(1),
-        "basic_tenure": (L - 2) / L, "basic_channel_social_link": 0.5, "basic_channel_web": 0.5,
-        "basic_channel_app": 0.0, "basic_first_channel_social_link": 1.0, "basic_first_channel_web": 0.0,
+        "basic_tenure": (L - 2) / L, "basic_first_channel_social_link": 1.0, "basic_first_channel_web": 0.0,
+        "beh_channel_social_link": 0.5, "beh_channel_web": 0.5, "beh_channel_app": 0.0,
+        "txn_channel_app": 0.0, "txn_channel_web": 0.0,  # no transaction rows
     }
     for name, value in expected_u2.items():
         assert u2[name] == pytest.approx(value, abs=1e-6), name
     assert u1["beh_like_days_since"] == pytest.approx((L - 5) / L)
     assert u1["beh_trend"] == pytest.approx(-np.log1p(30 / 25))
-    assert u1["basic_channel_app"] == 1.0 and u1["basic_first_channel_app"] == 1.0
+    assert u1["basic_first_channel_app"] == 1.0 and u1["basic_tenure"] == pytest.approx((L - 0.375) / L)
+    assert u1["beh_channel_app"] == 1.0 and u1["txn_channel_app"] == 1.0  # like; pays and the refund on app
 
 
 def test_only_consented_categories_are_emitted():
@@ -174,3 +176,141 @@ def test_invariants_on_random_event_logs(rows):
     assert sorted(ft.user_ids.tolist()) == sorted(set(in_calibration))
     assert np.isfinite(ft.X).all() and (ft.ltv >= 0).all() and set(np.unique(ft.churn)) <= {0.0, 1.0}
     assert ft.X.shape == (len(ft), len(feature_names()))
+
+
+def test_cdnow_columns_are_basic_and_transaction_with_zero_channel_columns():
+    # CDNOW rows carry no channel: every channel column is 0 and the rest is tenure + the transaction block.
+    ft = build_features(load_cdnow_sample(), CDNOW_CALIBRATION_END, CDNOW_HOLDOUT_END,
+                        categories=("basic", "transaction"))
+    channel_cols = [j for j, n in enumerate(ft.feature_names) if "_channel_" in n]
+    assert [ft.feature_names[j] for j in channel_cols] == (
+        [f"basic_first_channel_{c}" for c in ("app", "web", "mini_program", "social_link")]
+        + [f"txn_channel_{c}" for c in ("app", "web", "mini_program", "social_link")])
+    assert channel_cols == list(range(1, 9)) and not ft.X[:, channel_cols].any()
+
+
+# --- each category group reads only its own rows --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_platform():
+    df = generate_platforms(platforms=("group_buy",), users_per_platform=400, seed=5)["group_buy"]
+    ev = df.assign(user_id=df["user_id"].astype(str), event_type=df["event_type"].astype(str),
+                   channel=df["channel"].astype(str), item_id=df["item_id"].astype(str))
+    return ev, df.attrs["windows"]
+
+
+def _first_seen_rows(ev: pd.DataFrame, w) -> np.ndarray:
+    """Row positions of each user's first-seen record: earliest calibration row, first listed among ties."""
+    cal = ev[(ev["ts"] >= w.start) & (ev["ts"] < w.calibration_end)]
+    return cal.reset_index().sort_values(["ts", "index"], kind="stable").groupby("user_id")["index"].first().to_numpy()
+
+
+def _table(ev: pd.DataFrame, w, categories):
+    return build_features(validate_events(ev, max_error_rate=0.0).events, w.calibration_end, w.holdout_end,
+                          categories=categories, start=w.start)
+
+
+def test_basic_columns_read_only_the_first_seen_record(small_platform):
+    """Basic = the user's first-seen record (earliest calibration row of any type; its ts and channel).  Every
+    other row of every user is rewritten: type (behavioural <-> transaction), amount, channel, item, later time
+    (inside the calibration window or out into the holdout), some dropped, new ones added after first seen."""
+    ev, w = small_platform
+    base = _table(ev, w, ("basic",))
+    rng = np.random.default_rng(0)
+    first = _first_seen_rows(ev, w)
+    first_ts = ev.loc[first].set_index("user_id")["ts"]
+    others = ev.drop(index=first)
+    others = others[rng.random(len(others)) < 0.7].copy()
+    m = len(others)
+    others["event_type"] = rng.choice(list(EVENT_TYPES), m)
+    others["amount"] = np.round(rng.lognormal(3, 1, m), 2)
+    others["channel"] = rng.choice(["app", "web", "mini_program", "social_link", "tv"], m)
+    others["item_id"] = "changed"
+    t0 = first_ts[others["user_id"]].to_numpy()
+    seconds = (np.datetime64(w.holdout_end) - t0) / np.timedelta64(1, "s")
+    others["ts"] = t0 + np.maximum(1, (rng.random(m) * seconds).astype(np.int64)) * np.timedelta64(1, "s")
+    users = rng.choice(ev["user_id"].unique(), 500)
+    added = pd.DataFrame({"user_id": users, "event_type": rng.choice(list(EVENT_TYPES), 500),
+                          "amount": 9.99, "channel": "web",
+                          "ts": first_ts[users].to_numpy() + pd.Timedelta(hours=1)})
+    altered = pd.concat([ev.loc[first], others, added], ignore_index=True)
+    altered = altered.sample(frac=1.0, random_state=1)
+    again = _table(altered, w, ("basic",))
+    assert again.feature_names == base.feature_names == ["basic_tenure"] + [
+        f"basic_first_channel_{c}" for c in ("app", "web", "mini_program", "social_link")]
+    assert np.array_equal(again.user_ids, base.user_ids)
+    assert np.array_equal(again.X, base.X)
+    # ...while the other groups do see the change.
+    assert not np.array_equal(_table(altered, w, ("behavioural",)).X, _table(ev, w, ("behavioural",)).X)
+
+
+@pytest.mark.parametrize("group, changed", [("behavioural", MONEY_EVENTS), ("transaction", BEHAVIOURAL_EVENTS)])
+def test_behavioural_and_transaction_columns_read_only_their_own_rows(small_platform, group, changed):
+    """Rows of the other group are rewritten inside the calibration window (so no user loses a row): time, channel,
+    item, amount and type (within that other group); plus new rows of that group."""
+    ev, w = small_platform
+    base = _table(ev, w, (group,))
+    rng = np.random.default_rng(1)
+    other = ev["event_type"].isin(changed) & (ev["ts"] < w.calibration_end)
+    alt = ev.copy()
+    k = int(other.sum())
+    alt.loc[other, "event_type"] = rng.choice(list(changed), k)
+    alt.loc[other, "amount"] = np.round(rng.lognormal(3, 1, k), 2)
+    alt.loc[other, "channel"] = rng.choice(["app", "web", "tv"], k)
+    alt.loc[other, "ts"] = w.start + pd.to_timedelta(rng.integers(0, 180 * 86_400, k), unit="s")
+    users = rng.choice(ev["user_id"].unique(), 300)
+    added = pd.DataFrame({"user_id": users, "event_type": rng.choice(list(changed), 300), "amount": 5.0,
+                          "channel": "app", "ts": w.start + pd.to_timedelta(rng.integers(0, 180, 300), unit="D")})
+    again = _table(pd.concat([alt, added], ignore_index=True), w, (group,))
+    assert np.array_equal(again.user_ids, base.user_ids) and np.array_equal(again.X, base.X)
+
+
+# --- holdout rows never reach X -------------------------------------------------------------------------------
+
+def test_features_of_one_seed_with_the_holdout_of_another_are_bit_identical():
+    w = generate_platforms(platforms=("content",), users_per_platform=1, seed=0)["content"].attrs["windows"]
+    a = generate_platforms(platforms=("content",), users_per_platform=800, seed=0)["content"]
+    b = generate_platforms(platforms=("content",), users_per_platform=800, seed=1)["content"]
+    spliced = pd.concat([a[a["ts"] < w.calibration_end], b[b["ts"] >= w.calibration_end]], ignore_index=True)
+    ft_a = build_features(a, w.calibration_end, w.holdout_end, start=w.start)
+    ft_s = build_features(spliced, w.calibration_end, w.holdout_end, start=w.start)
+    assert np.array_equal(ft_a.user_ids, ft_s.user_ids) and ft_a.X.tobytes() == ft_s.X.tobytes()
+    assert not np.array_equal(ft_a.ltv, ft_s.ltv)  # the targets did change
+
+
+_ROW = st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), st.floats(-5, 100), st.sampled_from(EVENT_TYPES),
+                 st.floats(0, 500), st.sampled_from(["app", "web", "social_link", None]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_ROW, min_size=1, max_size=40), st.lists(_ROW, max_size=20), st.integers(0, 2**32 - 1),
+       st.booleans())
+def test_altering_holdout_rows_leaves_X_bit_identical(rows, added, seed, default_start):
+    """Holdout (and later) rows are dropped, re-typed, re-priced, moved anywhere from calibration_end on, and new
+    ones added, for known and new users, interleaved at random positions among the calibration rows (whose own
+    order is kept); X and the row set stay the same to the bit."""
+    df = pd.DataFrame(rows, columns=["user_id", "day", "event_type", "amount", "channel"])
+    rng = np.random.default_rng(seed)
+    late = df["day"] >= L
+    changed = df[late].copy()
+    changed["event_type"] = rng.choice(list(EVENT_TYPES), len(changed))
+    changed["amount"] = rng.random(len(changed)) * 100
+    changed["day"] = L + rng.random(len(changed)) * 40  # anywhere from calibration_end on
+    changed["channel"] = rng.choice(["app", "web", "mini_program"], len(changed))
+    changed = changed[rng.random(len(changed)) < 0.7]
+    extra = pd.DataFrame(added, columns=df.columns).assign(day=lambda x: L + x["day"].abs() % 50)
+    extra["user_id"] = np.where(rng.random(len(extra)) < 0.5, extra["user_id"], "newcomer")
+    cal = df[~late]
+    new_rows = pd.concat([changed, extra], ignore_index=True)
+    key = np.r_[np.arange(len(cal)), rng.random(len(new_rows)) * (len(cal) + 1) - 0.5]
+    altered = pd.concat([cal, new_rows], ignore_index=True).iloc[np.argsort(key, kind="stable")]
+    start = None if default_start and len(cal) else START  # the default start is the first event's day
+
+    def table(frame):
+        frame = frame.assign(ts=frame["day"].map(_at)).drop(columns="day")
+        return build_features(validate_events(frame).events, CAL_END, HOLD_END, start=start)
+
+    base, again = table(df), table(altered)
+    assert base.user_ids.tolist() == again.user_ids.tolist()
+    assert base.feature_names == again.feature_names
+    assert base.X.tobytes() == again.X.tobytes()

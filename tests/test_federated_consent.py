@@ -5,6 +5,8 @@ ledger, a withdrawal before the checkpoint is provably honoured, and the budget 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 
 import pytest
 from rich.console import Console
@@ -14,7 +16,7 @@ from client.data import SyntheticPlatforms, _is_evaluation
 from client.manifest import data_hash
 from client.data import load_eligible_rows
 from cohort.demo import run_demo
-from cohort.demo_world import CATEGORIES, PURPOSE, build_world, record_consents
+from cohort.demo_world import CATEGORIES, PURPOSE
 from consent.audit import audit_rounds
 from consent.eligibility import prove_absent, verify_absent
 from consent.ledger import LedgerReader
@@ -31,7 +33,8 @@ def demo(tmp_path_factory):
 
 def test_demo_runs_audits_and_verifies(demo):
     assert demo.verify_ok and demo.audit_ok
-    assert len(demo.result.manifests) == 2
+    assert len(demo.result.manifests) == 2 and len(demo.first.manifests) == 2
+    assert demo.result.job.tree_size > demo.first.job.tree_size  # job 2 is fixed to a later checkpoint
     assert all(0 < eps <= 3.0 + 1e-6 for eps in demo.result.epsilon_by_partner.values())
     assert {r["model"] for r in demo.comparison} == {"federated, DP", "local only, DP", "centralized, no DP"}
     assert verify_ledger(str(demo.out / "ledger.db"), workers=0).ok
@@ -91,7 +94,7 @@ def _url(demo) -> str:
 def test_withdrawn_and_erased_subjects_are_provably_absent(demo):
     reader = LedgerReader.open_readonly(str(demo.out / "ledger.db"))
     report = audit_rounds(reader.store)
-    assert report.ok and len(report.rounds) == 2 * 3
+    assert report.ok and len(report.rounds) == 2 * 2 * 3  # two jobs of two rounds, three partners
     assert all(r.matches and r.absent_proven > 0 for r in report.rounds)
     # pick a withdrawn subject and check the proof by hand against the manifest's commitment
     manifest = demo.result.manifests[-1]
@@ -106,12 +109,48 @@ def test_withdrawn_and_erased_subjects_are_provably_absent(demo):
     reader.close()
 
 
-def test_budget_preflight_refuses_an_over_budget_job(demo):
-    """After the demo's job every subject has spent ~3 of 10; a job targeting 8 would take them over."""
+def test_subjects_who_left_between_jobs_were_in_job_1_and_are_provably_absent_from_job_2(demo):
+    """The demo's withdrawals and erasure happen after job 1: job 1 used those subjects, job 2 must not."""
+    from cohort.demo_rights import _committed
+
+    left = {p: refs for p, refs in demo_story(demo).items()}
+    assert sum(len(v) for v in left.values()) == demo.rights.subjects > 3
+    assert demo.rights.ok and demo.rights.used_before == demo.rights.absent_after == demo.rights.subjects
+    reader = LedgerReader.open_readonly(str(demo.out / "ledger.db"))
+    for partner, refs in left.items():
+        was_root, was_count = _committed(demo.first, partner)
+        now_root, now_count = _committed(demo.result, partner)
+        assert now_count < was_count
+        now = reader.eligible_set(partner, PURPOSE, CATEGORIES, demo.result.job.tree_size, lifetime_epsilon=10.0,
+                                  job_epsilon=3.0, day=dt.date.today().isoformat())  # fmt: skip
+        assert now.root == now_root
+        for ref in refs:
+            assert ref not in now
+            assert verify_absent(prove_absent(now, ref), now_root, now_count)
+    reader.close()
+
+
+def demo_story(demo) -> dict[str, list[str]]:
+    """subject_refs of the users who withdrew or were erased, read back from the log (not from the demo)."""
+    reader = LedgerReader.open_readonly(str(demo.out / "ledger.db"))
+    out: dict[str, list[str]] = {}
+    for partner in ("content", "group_buy", "loyal"):
+        events = reader.store.consent_events(partner, demo.result.job.tree_size)
+        left = [ref for ref, kind, *_ in events if kind in ("withdrawn", "erasure")]
+        out[partner] = left
+    reader.close()
+    return out
+
+
+def test_budget_preflight_refuses_an_over_budget_job(demo, monkeypatch):
+    """After the demo's two jobs every subject has spent ~6 of 10; a job targeting 8 would take them over."""
+    from client.app import make_client_app
+    from client.consent_link import LinkByURL, link_url
     from server.job import Job, PreflightError
     from server.ledger_hooks import LedgerBinding
     from consent.keys import Identity
     from consent.ledger import Ledger
+    from test_federated_support import InProcessGrid, as_server_app
 
     ledger = Ledger.open(str(demo.out / "ledger.db"), Identity.load(demo.out / "keys", "operator"))
     binding = LedgerBinding(ledger, Identity.load(demo.out / "keys", "coordinator"), lifetime_epsilon=10.0)
@@ -122,6 +161,17 @@ def test_budget_preflight_refuses_an_over_budget_job(demo):
     greedy = Job(job_id="greedier", target_epsilon=12.0, rounds=1)
     with pytest.raises(PreflightError, match="exceeds every subject's lifetime budget"):
         binding.preflight(None, greedy, None)
+    # The partners' own readiness answers (the real ClientApp over the real ledger, no Ray) refuse it too.
+    as_server_app(monkeypatch)
+    url = link_url(str(demo.out / "ledger.db"), str(demo.out / "keys"), 10.0, 8.0, binding.day)
+    app = make_client_app(ledger=LinkByURL(url), data=SyntheticPlatforms(users_per_platform=500, seed=3))
+    with pytest.raises(PreflightError) as refused:
+        binding.preflight(InProcessGrid(app, 3), job, None)
+    for partner in ("content", "group_buy", "loyal"):
+        consenting = binding.eligible(job, partner, capped=False).count
+        assert f"{partner}: all {consenting} consenting subjects would exceed their lifetime ε budget" in str(
+            refused.value
+        )
     ledger.close()
 
 
@@ -142,7 +192,58 @@ def test_over_budget_job_is_refused_in_a_real_flower_preflight(demo):
         simulate_job(job, 3, ledger=LinkByURL(url), data=SyntheticPlatforms(users_per_platform=500, seed=3),
                      hooks=binding.hooks())  # fmt: skip
     assert "second-job" in str(err.value)
+    for partner in ("content", "group_buy", "loyal"):
+        reason = rf"{partner}: all \d+ consenting subjects would exceed their lifetime ε budget"
+        assert re.search(reason, str(err.value)), str(err.value)
     started = [d for _, d in ledger.store.find_by_type("job.started") if b"second-job" in d]
     assert started == [], "a refused job must not be recorded as started"
     assert ledger.tree_size() == size_before
+    ledger.close()
+
+
+def test_a_job_stopped_early_has_charged_the_rounds_that_closed(demo):
+    """Rounds are charged as they close: loyal crashes in round 3 of 3, the job stops, rounds 1 and 2 stay charged.
+    The demo's subjects have spent ~6 of 10 already, so after round 1's charge a ledger asked afresh would no longer
+    admit them to a job of ε 3: round 2 shows each partner kept the set the job started with. Runs last: it spends."""
+    from client.consent_link import LinkByURL, link_url
+    from consent.keys import Identity
+    from consent.ledger import Ledger
+    from server.job import Job, NotEnoughPartners
+    from server.ledger_hooks import LedgerBinding
+    from server.simulation import simulate_job
+    from test_federated_support import faulty_client_app
+
+    ledger = Ledger.open(str(demo.out / "ledger.db"), Identity.load(demo.out / "keys", "operator"))
+    binding = LedgerBinding(ledger, Identity.load(demo.out / "keys", "coordinator"), lifetime_epsilon=10.0)
+    job = Job(job_id="stopped-job", target_epsilon=3.0, rounds=3, min_partners=3, local_epochs=1, batch_size=64,
+              round_timeout_s=60.0, preflight_timeout_s=60.0)  # fmt: skip
+    before = {p: ledger.budget_spent(p) for p in ("content", "group_buy", "loyal")}
+    url = link_url(str(demo.out / "ledger.db"), str(demo.out / "keys"), 10.0, 3.0, binding.day)
+    app = faulty_client_app(LinkByURL(url), SyntheticPlatforms(users_per_platform=500, seed=3), {(2, 3): "crash"})
+    with pytest.raises(NotEnoughPartners, match="round 3"):
+        simulate_job(job, 3, client_app=app, hooks=binding.hooks())
+    manifests = [json.loads(d)["body"] for _, d in sorted(ledger.store.find_by_type("round.manifest"))
+                 if json.loads(d)["body"]["job_id"] == "stopped-job"]  # fmt: skip
+    assert [m["round"] for m in manifests] == [1, 2]
+    parts = [{p["partner_id"]: p for p in m["partners"]} for m in manifests]
+    charges = [(c["round"], c["partner_id"], c["epsilon"]) for c in ledger.budget.charges("stopped-job")]
+    assert charges == [(r + 1, p, pytest.approx(parts[r][p]["epsilon"] - (parts[r - 1][p]["epsilon"] if r else 0.0)))
+                       for r in (0, 1) for p in sorted(parts[r])]  # fmt: skip
+    fixed = job.fixed_at(manifests[0]["tree_size"])
+    for partner, part in parts[1].items():
+        assert part["eligible_root"] == parts[0][partner]["eligible_root"], f"{partner}'s eligible set moved mid-job"
+        assert binding.eligible(fixed, partner).count < part["eligible_count"]  # what re-asking would have given
+        admitted = binding.members[("stopped-job", partner)].subject_refs
+        after = ledger.budget_spent(partner, admitted)
+        assert len(admitted) == part["eligible_count"]
+        assert all(after[r] - before[partner].get(r, 0.0) == pytest.approx(part["epsilon"]) for r in admitted)
+        assert max(after.values()) <= 10.0 + 1e-6
+    stopped = [json.loads(d)["body"] for _, d in ledger.store.find_by_type("job.stopped")]
+    assert stopped == [{"job_id": "stopped-job", "rounds_completed": 2, "cause": "NotEnoughPartners",
+                        "epsilon_by_partner": {p: pytest.approx(parts[1][p]["epsilon"]) for p in sorted(parts[1])}}]
+    assert not [d for _, d in ledger.store.find_by_type("model.published") if b"stopped-job" in d]
+    report = audit_rounds(ledger.store)  # the replay charges per round too, and keeps each job's set
+    assert report.ok, report.problems
+    ledger.checkpoint()
+    assert verify_ledger(str(demo.out / "ledger.db"), workers=0).ok
     ledger.close()

@@ -6,6 +6,7 @@ module-scoped fixtures: three simulations for the whole file.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -105,6 +106,30 @@ def test_epsilon_is_reported_per_partner_as_the_max_and_within_target(clean_run)
     assert result.evaluate_metrics[2]["num-examples"] > 0
 
 
+def test_each_partner_keeps_its_own_round_metrics_and_they_average_to_flowers(clean_run):
+    result, _, _ = clean_run
+    for server_round in (1, 2):
+        train = result.partner_train_metrics[server_round]
+        assert set(train) == set(DATA.partners)
+        losses = [m["train-loss"] for m in train.values()]
+        assert len(set(losses)) == 3, "every partner shows the same train loss"
+        weights = [m["num-examples"] for m in train.values()]
+        mean = sum(v * w for v, w in zip(losses, weights)) / sum(weights)
+        assert mean == pytest.approx(result.train_metrics[server_round]["train-loss"], rel=1e-9)
+        assert max(m["epsilon"] for m in train.values()) == pytest.approx(result.train_metrics[server_round]["epsilon"])
+        evaluation = result.partner_evaluate_metrics[server_round]
+        assert set(evaluation) == set(DATA.partners)
+        shared = set.intersection(*(set(m) for m in evaluation.values())) - {"num-examples"}
+        assert shared, "no evaluation metric reported by every partner"
+        for name in shared:
+            n = [m["num-examples"] for m in evaluation.values()]
+            mean = sum(m[name] * w for m, w in zip(evaluation.values(), n)) / sum(n)
+            assert mean == pytest.approx(result.evaluate_metrics[server_round][name], rel=1e-9)
+    saved = json.loads(json.dumps(result.to_dict()))
+    assert saved["partner_train_metrics"]["2"]["loyal"] == result.partner_train_metrics[2]["loyal"]
+    assert "train-loss" not in json.dumps([m.to_dict() for m in result.manifests])  # losses stay out of the ledger
+
+
 FAULTS = {
     (1, 2): f"slow:{TIMEOUT_S + 4}",  # round 2: partner 1 answers after the round closed
     (2, 3): "nan",
@@ -170,6 +195,19 @@ def test_crashed_partner_is_counted_failed_and_round_completes(faulty_run):
     assert _partners(round5) == ["group_buy", "loyal"]
     assert len(round5.failed) == 1 and "crashed" in round5.failed[0].reason
     assert all(math.isfinite(p.epsilon) for p in round5.partners)
+
+
+def test_manifests_with_refusals_and_failures_are_entries_the_ledger_accepts(faulty_run):
+    """Crashed partners send whole remote tracebacks; the signed manifest must still be a valid ledger body."""
+    from consent.entries import MAX_REASON, check_body
+
+    result, _, _ = faulty_run
+    crashed = result.manifests[4].failed[0]
+    assert "crashed" in crashed.to_dict()["reason"] and len(crashed.to_dict()["reason"]) <= MAX_REASON
+    for manifest in result.manifests:
+        body = manifest.to_dict()
+        body.update(as_of="2026-12-01", lifetime_epsilon=10.0, checkpoint_root="00" * 32)
+        check_body("round.manifest", body)  # raises EntryError naming the field if the ledger would refuse it
 
 
 def test_too_few_usable_partners_stops_the_job_with_a_clear_error(ledger):

@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import make_client_app
 from client.data import SyntheticPlatforms
@@ -105,6 +107,42 @@ def faulty_client_app(ledger: Ledger, data, faults: dict[tuple[int, int], str]) 
         return real(msg, context)
 
     return app
+
+
+class InProcessGrid:
+    """A stand-in for Flower's Grid that hands each message straight to a real ClientApp in this process (no Ray):
+    node ``FIRST_NODE + p`` is partition ``p``, each with its own Context kept across messages. Nodes in ``silent``
+    are connected but never answer; ``sent`` keeps every message the server sent."""
+
+    FIRST_NODE = 100
+
+    def __init__(self, app: ClientApp, num_partners: int, silent: set[int] | None = None) -> None:
+        self.app = app
+        self.contexts = {
+            self.FIRST_NODE + p: Context(run_id=1, node_id=self.FIRST_NODE + p, node_config={"partition-id": p},
+                                         state=RecordDict(), run_config={})  # fmt: skip
+            for p in range(num_partners)
+        }
+        self.silent = set(silent or ())
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # what a real grid does when it sends
+            self.sent.append(msg)
+            if msg.metadata.dst_node_id not in self.silent:
+                replies.append(self.app(msg, self.contexts[msg.metadata.dst_node_id]))
+        return replies
+
+
+def as_server_app(monkeypatch) -> None:
+    """Flower builds a server's messages from the identity of the running ServerApp task; give it one."""
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
 
 
 def _poisoned(arrays: ArrayRecord, fault: str) -> ArrayRecord:

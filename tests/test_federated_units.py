@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from server.manifests import model_hash
 from server.runner import initial_model
 from server.screening import screen_train_replies, shapes_of
 from server.strategy import aggregate_train_metrics, build_strategy
-from test_federated_support import CATEGORIES, PURPOSE, fake_ledger_for
+from test_federated_support import CATEGORIES, PURPOSE, FakeLedger, InProcessGrid, as_server_app, fake_ledger_for
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = SyntheticPlatforms(users_per_platform=200, seed=5)
@@ -179,3 +180,109 @@ def test_model_hash_is_stable_and_sensitive():
     arrays = initial_model(job(), 10)
     assert model_hash(arrays) == model_hash(initial_model(job(), 10))
     assert model_hash(arrays) != model_hash(initial_model(job(seed=1), 10))
+
+
+# --- preflight, node selection and the job's eligible set, through an in-process grid --------------------------------
+
+
+class CappedLedger(FakeLedger):
+    """The fake ledger with a lifetime budget: subjects in ``over_budget`` consent but are never eligible."""
+
+    over_budget: frozenset = frozenset()
+
+    def eligible_subjects(self, partner_id, purpose, categories, tree_size) -> EligibleSet:
+        consenting = super().eligible_subjects(partner_id, purpose, categories, tree_size)
+        return EligibleSet.of([r for r in consenting.subject_refs if r not in self.over_budget])
+
+    def consenting_count(self, partner_id, purpose, categories, tree_size) -> int:
+        return super().eligible_subjects(partner_id, purpose, categories, tree_size).count
+
+
+def _preflight(ledger, monkeypatch, silent=(), **overrides):
+    from server.preflight import preflight
+
+    as_server_app(monkeypatch)
+    grid = InProcessGrid(make_client_app(ledger=ledger, data=DATA), 3, silent=set(silent))
+    return preflight(grid, job(preflight_timeout_s=1.0, **overrides)), grid
+
+
+def test_preflight_refuses_a_job_when_a_partner_has_no_consenting_subject(ledger, monkeypatch):
+    from server.job import PreflightError
+
+    nobody = replace(ledger, consenting={**ledger.consenting, "loyal": []})
+    with pytest.raises(PreflightError) as refused:
+        _preflight(nobody, monkeypatch)
+    message = str(refused.value)
+    assert "refused" in message and "loyal: no subject consents to churn_ltv_modelling" in message
+    assert "content" not in message and "group_buy" not in message
+
+
+def test_preflight_says_when_every_consenting_subject_is_over_the_lifetime_budget(ledger, monkeypatch):
+    from server.job import PreflightError
+
+    capped = CappedLedger(tree_size=42, refs=ledger.refs, consenting=ledger.consenting)
+    capped.over_budget = frozenset(ledger.consenting["group_buy"])
+    with pytest.raises(PreflightError) as refused:
+        _preflight(capped, monkeypatch)
+    n = len(ledger.consenting["group_buy"])
+    assert f"group_buy: all {n} consenting subjects would exceed their lifetime ε budget" in str(refused.value)
+
+
+def test_preflight_tolerates_a_partner_that_does_not_answer(ledger, monkeypatch):
+    report, grid = _preflight(ledger, monkeypatch, silent={102})
+    assert sorted(report.partner_of_node) == [100, 101] and "no answer" in report.not_ready[102]
+    assert {p.partner_id: p.consenting_count for p in report.ready} == {
+        p: len(ledger.consenting[p]) for p in ("content", "group_buy")
+    }
+
+
+class NodesOnly:
+    """A grid that only says which nodes are connected (for the strategy's message routing)."""
+
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+
+    def get_node_ids(self):
+        return self.nodes
+
+
+def test_only_nodes_found_ready_at_preflight_are_sent_rounds_and_counted(round_one, monkeypatch, caplog):
+    from server.strategy import GuardedStrategy
+
+    as_server_app(monkeypatch)
+    the_job, arrays, _, replies = round_one  # replies from nodes 100, 101, 102
+    strategy = GuardedStrategy(build_strategy(the_job), the_job, {100: "content", 101: "group_buy"})
+    grid = NodesOnly([100, 101, 102])  # 102 connected, but not found ready at preflight
+    train = strategy.configure_train(1, arrays, the_job.round_config(1).to_record(), grid)
+    assert [m.metadata.dst_node_id for m in train] == [100, 101]
+    evaluate = strategy.configure_evaluate(1, arrays, the_job.round_config(1).to_record(), grid)
+    assert [m.metadata.dst_node_id for m in evaluate] == [100, 101]
+    with caplog.at_level("WARNING", logger="server"):
+        strategy.aggregate_train(1, replies)
+    manifest = strategy.manifests[0]
+    assert sorted(p.partner_id for p in manifest.partners) == ["content", "group_buy"]
+    assert [(r.node_id, "not found ready at preflight" in r.reason) for r in manifest.refused] == [(102, True)]
+    assert any("refused update from node 102" in m for m in caplog.messages)
+    assert set(strategy.partner_train_metrics[1]) == {"content", "group_buy"}
+    eval_replies = [make_client_app(ledger=fake_ledger_for(DATA, 0.7), data=DATA)(
+        instruction(RecordDict({ARRAYS: arrays, CONFIG: the_job.round_config(1).to_record()}), 100 + p,
+                    MessageType.EVALUATE), context(p)) for p in range(3)]  # fmt: skip
+    strategy.aggregate_evaluate(1, eval_replies)
+    assert set(strategy.partner_evaluate_metrics[1]) == {"content", "group_buy"}
+
+
+def test_a_partner_keeps_its_eligible_set_for_the_whole_job(ledger, tmp_path):
+    """Budgets are charged after every round: a re-asked, capped ledger would shrink the set mid-job."""
+    from client.job_eligibility import job_eligible_set
+
+    capped = CappedLedger(tree_size=42, refs=ledger.refs, consenting=ledger.consenting)
+    state, state_dir = RecordDict(), str(tmp_path / "node")
+    first = job_eligible_set(capped, "content", job().round_config(0), state, state_dir)
+    assert first == EligibleSet.of(ledger.consenting["content"])
+    capped.over_budget = frozenset(ledger.consenting["content"][:10])  # round 1 was charged
+    for server_round in (1, 2):
+        assert job_eligible_set(capped, "content", job().round_config(server_round), state, state_dir) == first
+    restarted = job_eligible_set(capped, "content", job().round_config(2), RecordDict(), state_dir)
+    assert restarted == first  # read back from the state dir, not asked again
+    next_job = job_eligible_set(capped, "content", job(job_id="next").round_config(0), state, state_dir)
+    assert next_job.count == first.count - 10

@@ -8,12 +8,15 @@ import json
 import pytest
 from sqlalchemy import text
 
-from consent import merkle
+from consent import merkle, rules
 from consent.canonical import canonical_bytes
+from consent.checkpoints import sign_checkpoint
 from consent.eligibility import prove_absent, verify_absent
-from consent.entries import make_entry
+from consent.entries import EntryError, check_body, make_entry, now_iso
 from consent.keys import Identity
+from consent.partner import DEFAULT_NOTICE, Notice, PartnerDesk
 from consent.rules import AppendError
+from consent.store.log import LedgerStore
 from consent.store.vault import ErasedError
 from consent.verify import verify_ledger
 from tests.ledger_helpers import CHURN, consent, make_world
@@ -137,8 +140,29 @@ def test_ledger_verify_names_a_single_tampered_byte(ledger_url, target):
         assert index == victim, reason
 
 
-def test_tamper_that_also_rewrites_the_leaf_hash_is_caught_by_signature_and_checkpoint(tmp_path):
-    url = str(tmp_path / "l.db")
+@pytest.mark.parametrize("damage", ["first_byte", "missing_root", "not_canonical", "size_as_text", "root_not_hex"])
+def test_ledger_verify_reports_a_corrupt_checkpoint_body_without_crashing(ledger_url, damage):
+    w = make_world(ledger_url)
+    w.partners["partner-a"].record([consent(f"u{i}") for i in range(3)])
+    cp = w.ledger.checkpoint()
+    fields = json.loads(cp.body)
+    body = {
+        "first_byte": bytes([cp.body[0] ^ 0xFF]) + cp.body[1:],
+        "missing_root": canonical_bytes({k: v for k, v in fields.items() if k != "root"}),
+        "not_canonical": json.dumps(fields, indent=1).encode(),
+        "size_as_text": canonical_bytes(dict(fields, tree_size=str(cp.tree_size))),
+        "root_not_hex": canonical_bytes(dict(fields, root="zz" * 32)),
+    }[damage]
+    _tamper(ledger_url, "UPDATE checkpoints SET body = :b WHERE tree_size = :s", {"b": body, "s": cp.tree_size})
+    report = verify_ledger(ledger_url, workers=0)
+    assert not report.ok
+    index, reason = report.first_bad
+    assert index is None and reason.startswith(f"checkpoint at size {cp.tree_size}: stored body is corrupt"), reason
+    assert report.entries_checked == cp.tree_size  # the entries were still all judged
+
+
+def test_tamper_that_also_rewrites_the_leaf_hash_is_caught_by_signature_and_checkpoint(ledger_url):
+    url = ledger_url
     w = make_world(url)
     w.partners["partner-a"].record([consent(f"u{i}") for i in range(10)])
     w.ledger.checkpoint()
@@ -151,8 +175,8 @@ def test_tamper_that_also_rewrites_the_leaf_hash_is_caught_by_signature_and_chec
     assert any("checkpoint" in p for _, p in report.problems)
 
 
-def test_consent_index_tampering_is_detected(tmp_path):
-    url = str(tmp_path / "l.db")
+def test_consent_index_tampering_is_detected(ledger_url):
+    url = ledger_url
     w = make_world(url)
     a = w.partners["partner-a"]
     a.record([consent("u1"), consent("u2")])
@@ -189,8 +213,8 @@ def test_erasure_shreds_mapping_and_evidence_and_the_log_still_verifies(ledger_u
     assert verify_ledger(ledger_url, workers=0).ok
 
 
-def test_eligibility_is_purpose_and_category_scoped_and_checkpointed(tmp_path):
-    w = make_world(str(tmp_path / "l.db"))
+def test_eligibility_is_purpose_and_category_scoped_and_checkpointed(ledger_url):
+    w = make_world(ledger_url)
     a = w.partners["partner-a"]
     a.record([
         consent("full"),
@@ -219,8 +243,8 @@ def test_eligibility_is_purpose_and_category_scoped_and_checkpointed(tmp_path):
     assert w.ledger.eligible_set("partner-b", CHURN, ["behavioural"]).count == 0
 
 
-def test_non_membership_proof_for_a_withdrawn_subject(tmp_path):
-    w = make_world(str(tmp_path / "l.db"))
+def test_non_membership_proof_for_a_withdrawn_subject(ledger_url):
+    w = make_world(ledger_url)
     a = w.partners["partner-a"]
     a.record([consent(f"u{i}") for i in range(50)])
     gone = a.subject_refs(["u7"])["u7"]
@@ -237,8 +261,8 @@ def test_non_membership_proof_for_a_withdrawn_subject(tmp_path):
         prove_absent(before, gone)
 
 
-def test_privacy_budget_caps_eligibility(tmp_path):
-    w = make_world(str(tmp_path / "l.db"))
+def test_privacy_budget_caps_eligibility(ledger_url):
+    w = make_world(ledger_url)
     a = w.partners["partner-a"]
     a.record([consent(f"u{i}") for i in range(10)])
     eligible = w.ledger.eligible_set("partner-a", CHURN, ["behavioural"])
@@ -266,19 +290,340 @@ def test_migrations_create_exactly_the_declared_schema(ledger_url):
     assert diff == []
 
 
-def test_cli_verify_exit_codes(tmp_path):
-    from typer.testing import CliRunner
+def _forge(entry_type: str, body: dict, signer: Identity) -> bytes:
+    """Signed entry bytes built WITHOUT make_entry's body rules, to put bad bodies in front of the store."""
+    import base64
+    import os
 
-    from cohort.cli import app
+    unsigned = {"v": 1, "type": entry_type, "signer": signer.name, "key_id": signer.key_id, "ts": now_iso(),
+                "nonce": os.urandom(12).hex(), "body": body}  # fmt: skip
+    return canonical_bytes(dict(unsigned, sig=base64.b64encode(signer.sign(canonical_bytes(unsigned))).decode()))
 
-    url = str(tmp_path / "l.db")
-    w = make_world(url)
-    w.partners["partner-a"].record([consent("u1"), consent("u2")])
+
+def _key_body(ident: Identity, **changes) -> dict:
+    return dict({"identity": ident.name, "role": ident.role, "key_id": ident.key_id, "public_key": ident.public_b64},
+                **changes)  # fmt: skip
+
+
+# ---- identities: one active key per identity, new keys only by rotation -------------------------------------
+
+
+def test_an_identity_holds_one_key_and_gets_another_only_by_rotation(ledger_url):
+    w = make_world(ledger_url)
+    a, b = w.partners["partner-a"], w.partners["partner-b"]
+    impostor = Identity.generate("partner-a", "partner")
+    before = w.ledger.tree_size()
+    with pytest.raises(AppendError) as err:
+        w.ledger.register(impostor)
+    assert err.value.code == "ALREADY_EXISTS"
+    assert f"identity 'partner-a' already holds key {a.identity.key_id} (role partner)" in str(err.value)
+    # the rule itself, for operator-signed entries that reach the store directly, under any role
+    for role in ("partner", "auditor"):
+        entry = make_entry("key.registered", _key_body(impostor, role=role), w.operator)
+        assert "already holds key" in _refused(w, [entry], "ALREADY_EXISTS")
+    assert w.ledger.tree_size() == before and w.ledger.store.key(impostor.key_id) is None
+    # so the impostor's key signs nothing for partner-a
+    forged = a.consent_entries([consent("victim")])[0]
+    assert "unknown key" in _refused(w, [_resign(dict(forged.fields, key_id=impostor.key_id), impostor)],
+                                     "UNAUTHENTICATED")  # fmt: skip
+
+    fresh = Identity.generate("partner-a", "partner")
+    rotation = _key_body(fresh, replaces=a.identity.key_id)
+    # neither another partner nor the coordinator may rotate partner-a's key, nor may a rotation change the role
+    assert "may not rotate the key of 'partner-a'" in _refused(w, [make_entry("key.rotated", rotation, b.identity)],
+                                                                "PERMISSION_DENIED")  # fmt: skip
+    _refused(w, [make_entry("key.rotated", rotation, w.coordinator)], "PERMISSION_DENIED")
+    escalation = dict(rotation, role="operator")
+    assert "keeps the role" in _refused(w, [make_entry("key.rotated", escalation, a.identity)], "PERMISSION_DENIED")
+    # partner-a's current key rotates itself
+    w.ledger.append([make_entry("key.rotated", rotation, a.identity)])
+    assert "rotated out" in _refused(w, a.consent_entries([consent("late")]), "UNAUTHENTICATED")
+    PartnerDesk(fresh, a.secret, w.ledger).record([consent("late")])
+    # only the current key can be replaced
+    stale = _key_body(Identity.generate("partner-a", "partner"), replaces=a.identity.key_id)
+    assert "already rotated out" in _refused(w, [make_entry("key.rotated", stale, w.operator)], "FAILED_PRECONDITION")
+    # the operator may rotate any identity's current key
+    third = Identity.generate("partner-a", "partner")
+    assert w.ledger.rotate("partner-a", third.public_b64) == third.key_id
+    assert [(k.key_id, k.revoked) for k in w.ledger.store.keys_of("partner-a")] == [
+        (a.identity.key_id, True), (fresh.key_id, True), (third.key_id, False)]  # fmt: skip
     w.ledger.checkpoint()
-    runner = CliRunner()
-    ok = runner.invoke(app, ["ledger", "verify", "--db", url, "--workers", "0"])
-    assert ok.exit_code == 0 and "OK" in ok.output
-    data = w.ledger.store.entry(5).replace(b'"CN"', b'"DE"')
-    _tamper(url, "UPDATE entries SET data = :d WHERE idx = 5", {"d": data})
-    bad = runner.invoke(app, ["ledger", "verify", "--db", url, "--workers", "2"])
-    assert bad.exit_code == 1 and "entry 5" in bad.output
+    assert verify_ledger(ledger_url, workers=0).ok
+
+
+def test_verify_applies_the_one_key_per_identity_rule(ledger_url, monkeypatch):
+    """A second key for an identity forced past the store (the old rule) is named by `cohort ledger verify`."""
+    w = make_world(ledger_url)
+    impostor = Identity.generate("partner-a", "partner")
+
+    def old_rule(entry, key, state, position):  # what the store used to do: only the key id had to be new
+        record = rules._key_from_body(entry.body, position)
+        state.keys[record.key_id] = record
+
+    monkeypatch.setitem(rules._SEMANTICS, "key.registered", old_rule)
+    [index] = w.ledger.append([make_entry("key.registered", _key_body(impostor), w.operator)])
+    monkeypatch.undo()
+    w.ledger.checkpoint()
+    report = verify_ledger(ledger_url, workers=0)
+    assert report.first_bad[0] == index and "already holds key" in report.first_bad[1], report.problems
+
+
+def test_only_the_first_entry_of_a_log_is_a_self_signed_bootstrap(ledger_url):
+    store = LedgerStore.open(ledger_url)
+    first, second = Identity.generate("operator", "operator"), Identity.generate("operator-2", "operator")
+
+    def bootstrap(op):
+        return make_entry("key.registered", _key_body(op), op)
+
+    try:
+        with pytest.raises(AppendError) as err:
+            store.append([bootstrap(first), bootstrap(second)])
+        assert (err.value.code, err.value.index) == ("UNAUTHENTICATED", 1), str(err.value)
+        assert f"unknown key id {second.key_id!r}" in str(err.value)
+        assert store.tree_size() == 0
+        # the bootstrap and the entries it signs may share the first batch
+        coordinator = Identity.generate("coordinator", "coordinator")
+        assert store.append([bootstrap(first), make_entry("key.registered", _key_body(coordinator), first)]) == [0, 1]
+        with pytest.raises(AppendError) as err:
+            store.append([bootstrap(second)])
+        assert err.value.code == "UNAUTHENTICATED" and store.tree_size() == 2
+    finally:
+        store.close()
+    assert verify_ledger(ledger_url, workers=0).ok
+
+
+# ---- bodies: closed field sets, typed fields, the vocabulary ---------------------------------------------
+
+
+def _coordinator_bodies() -> dict[str, dict]:
+    """Bodies exactly as server/ledger_hooks.py + server/manifests.py + client/manifest.py write them."""
+    part = {"partner_id": "partner-a", "job_id": "demo-1700000000-job1", "server_round": 1, "tree_size": 40,
+            "purpose": CHURN, "categories": ["behavioural", "transaction"], "eligible_root": "ab" * 32,
+            "eligible_count": 28, "num_examples": 25, "noise_multiplier": 1.1, "max_grad_norm": 20.0,
+            "sample_rate": 0.25, "steps": 8, "delta": 1e-5, "accountant": "rdp", "epsilon": 1.5,
+            "epsilon_round": 1.5, "data_hash": "cd" * 32, "code_hash": "ef" * 32}  # fmt: skip
+    manifest = {"job_id": "demo-1700000000-job1", "round": 1, "tree_size": 40, "purpose": CHURN,
+                "categories": ["behavioural", "transaction"], "strategy": "fedavg",
+                "dp": {"target_epsilon": 3.0, "delta": 1e-5, "epsilon_max": 1.5}, "partners": [part],
+                "refused": [{"node_id": 7, "partner_id": "partner-b", "reason": "update holds NaN or Inf values"}],
+                "failed": [], "missing_nodes": [9], "model_in_hash": "01" * 32, "model_out_hash": "02" * 32,
+                "server_code_hash": "03" * 32, "closed_at": "2026-03-01T10:00:00+00:00", "as_of": "2026-03-01",
+                "lifetime_epsilon": None, "checkpoint_root": "04" * 32}  # fmt: skip
+    job = {"job_id": "demo-1700000000-job1", "purpose": CHURN, "data_categories": ["behavioural", "transaction"],
+           "checkpoint": {"tree_size": 40, "root": "04" * 32}, "rounds": 3, "target_epsilon": 3.0, "delta": 1e-5,
+           "strategy": "fedavg", "partners": ["partner-a", "partner-b"], "as_of": "2026-03-01",
+           "lifetime_epsilon": 10.0}  # fmt: skip
+    model = {"job_id": "demo-1700000000-job1", "model_hash": "05" * 32, "rounds": 3,
+             "epsilon_by_partner": {"partner-a": 2.9, "partner-b": 3.0}}  # fmt: skip
+    reward = {"job_id": "demo-1700000000-job1", "partner_id": "partner-a", "total_points": 1000.0,
+              "subjects_root": "06" * 32, "subject_count": 28}  # fmt: skip
+    return {"round.manifest": manifest, "job.started": job, "model.published": model, "reward.issued": reward}
+
+
+def _changed(body: dict, path: tuple, value) -> dict:
+    """A deep copy of body with body[path[0]][path[1]]... set to value (value None with a '-' path: deleted)."""
+    out = json.loads(json.dumps(body))
+    target = out
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return out
+
+
+BAD_COORDINATOR_BODIES = [
+    ("round.manifest", ("purpose",), "selling_data", "unknown purpose(s) ['selling_data']"),
+    ("round.manifest", ("categories",), ["genome"], "unknown data category ['genome']"),
+    ("round.manifest", ("user_email",), "alice@example.com", "unexpected field(s) ['user_email']"),
+    ("round.manifest", ("partners", 0, "user_email"), "alice@example.com", "part body has unexpected field(s)"),
+    ("round.manifest", ("partners", 0, "purpose"), "selling_data", "unknown purpose(s) ['selling_data']"),
+    ("round.manifest", ("partners", 0, "eligible_count"), "28", "eligible_count must be an integer"),
+    ("round.manifest", ("refused", 0, "email"), "alice@example.com", "refused/failed items must be objects"),
+    ("round.manifest", ("dp", "target_epsilon"), -1, "target_epsilon must be a number > 0"),
+    ("round.manifest", ("round",), "1", "round must be an integer >= 1"),
+    ("job.started", ("purpose",), "selling_data", "unknown purpose(s) ['selling_data']"),
+    ("job.started", ("data_categories",), ["genome"], "unknown data category ['genome']"),
+    ("job.started", ("user_email",), "alice@example.com", "unexpected field(s) ['user_email']"),
+    ("job.started", ("checkpoint",), 40, "checkpoint must be an object {tree_size, root}"),
+    ("job.started", ("delta",), 2.0, "delta must be a number >= 0 and < 1"),
+    ("model.published", ("user_email",), "alice@example.com", "unexpected field(s) ['user_email']"),
+    ("model.published", ("model_hash",), "abc", "model_hash must be a hex SHA-256"),
+    ("model.published", ("epsilon_by_partner", "partner-a"), "lots", "epsilon must be a number"),
+    ("reward.issued", ("user_email",), "alice@example.com", "unexpected field(s) ['user_email']"),
+    ("reward.issued", ("subject_count",), -1, "subject_count must be an integer >= 0"),
+]
+
+BAD_PARTNER_BODIES = [
+    ("notice.published", ("purposes",), ["selling_data"], "unknown purpose(s) ['selling_data']"),
+    ("notice.published", ("text",), "the full notice, with the user's name", "unexpected field(s) ['text']"),
+    ("notice.published", ("version",), 2, "version must be a notice version"),
+    ("consent.given", ("legal_basis",), 1, "legal_basis must be a legal-basis token"),
+    ("consent.given", ("legal_basis",), "because alice@example.com said so", "legal_basis must be"),
+    ("consent.given", ("collection_method",), "alice@example.com", "collection_method must be a channel token"),
+    ("consent.given", ("jurisdiction",), "People's Republic of China", "jurisdiction must be an ISO 3166-1"),
+    ("consent.given", ("jurisdiction",), None, "jurisdiction must be given"),
+    ("consent.given", ("recipients",), "cohort-consortium", "recipients must be a list"),
+    ("consent.given", ("recipients",), ["alice@example.com"], "recipients must hold names"),
+    ("consent.given", ("notice", "id"), 7, "id must be a notice id"),
+    ("consent.given", ("notice", "version"), ["1"], "version must be a notice version"),
+    ("consent.given", ("user_email",), "alice@example.com", "unexpected field(s) ['user_email']"),
+    ("consent.refused", ("jurisdiction",), 86, "jurisdiction must be an ISO 3166-1"),
+    ("consent.refused", ("collection_method",), "Alice's phone", "collection_method must be a channel token"),
+]
+
+
+def test_coordinator_and_partner_bodies_are_closed_and_typed(ledger_url):
+    w = make_world(ledger_url)
+    a = w.partners["partner-a"]
+    bodies = _coordinator_bodies()
+    # what the coordinator's code writes is accepted ...
+    for entry_type, body in bodies.items():
+        w.ledger.append([make_entry(entry_type, body, w.coordinator)])
+    given, refused = a.consent_entries([consent("typed"), consent("refuser", given=False)])
+    partner_bodies = {"consent.given": given.body, "consent.refused": refused.body,
+                      "notice.published": {"partner_id": "partner-a", "notice_id": "terms", "version": "2",
+                                           "sha256": "07" * 32, "purposes": [CHURN]}}  # fmt: skip
+    # ... and each of these one-field changes is refused, with its reason, before any key is consulted
+    for signer, cases, source in ((w.coordinator, BAD_COORDINATOR_BODIES, bodies),
+                                  (a.identity, BAD_PARTNER_BODIES, partner_bodies)):  # fmt: skip
+        for entry_type, path, value, words in cases:
+            body = _changed(source[entry_type], path, value)
+            with pytest.raises(EntryError) as err:
+                make_entry(entry_type, body, signer)
+            assert words in str(err.value), (entry_type, path, str(err.value))
+            message = _refused(w, [_forge(entry_type, body, signer)], "INVALID_ARGUMENT")
+            assert words in message, (entry_type, path, message)
+    w.ledger.append([given, refused])
+    w.ledger.checkpoint()
+    assert verify_ledger(ledger_url, workers=0).ok
+
+
+def test_an_entry_without_a_vocabulary_field_is_judged_under_version_1(monkeypatch):
+    """The field is optional: its absence means the version the entry was written under, 1, never 'current'."""
+    from consent import entries, vocabulary
+    from test_service_support import consent_body
+
+    v1 = vocabulary.VOCABULARIES[1]
+    v2 = vocabulary.Vocabulary(2, (v1.purposes - {"analytics"}) | {"fraud_detection"}, v1.data_categories)
+    monkeypatch.setitem(vocabulary.VOCABULARIES, 2, v2)
+    monkeypatch.setattr(vocabulary, "CURRENT_VERSION", 2)
+    monkeypatch.setattr(entries, "CURRENT_VERSION", 2, raising=False)  # wherever a default might be read from
+    ref = "ab" * 16
+    # unmarked: version 1, where "analytics" exists and "fraud_detection" does not
+    check_body("consent.given", consent_body("partner-a", ref, purposes=["analytics"]))
+    with pytest.raises(EntryError, match=r"unknown purpose\(s\) \['fraud_detection'\]; vocabulary v1"):
+        check_body("consent.given", consent_body("partner-a", ref, purposes=["fraud_detection"]))
+    # marked: judged under the version named
+    check_body("consent.given", consent_body("partner-a", ref, purposes=["fraud_detection"], vocabulary=2))
+    with pytest.raises(EntryError, match="vocabulary v2"):
+        check_body("consent.given", consent_body("partner-a", ref, purposes=["analytics"], vocabulary=2))
+    for bad in ("2", True, 3):
+        with pytest.raises(EntryError, match="vocabulary"):
+            check_body("consent.given", consent_body("partner-a", ref, vocabulary=bad))
+    # the same for the other bodies that name purposes
+    notice = {"partner_id": "partner-a", "notice_id": "n", "version": "1", "sha256": "00" * 32}
+    check_body("notice.published", dict(notice, purposes=["analytics"]))
+    with pytest.raises(EntryError, match="vocabulary v1"):
+        check_body("notice.published", dict(notice, purposes=["fraud_detection"]))
+    job = dict(_coordinator_bodies()["job.started"], purpose="analytics")
+    check_body("job.started", job)
+    with pytest.raises(EntryError, match="vocabulary v1"):
+        check_body("job.started", dict(job, purpose="fraud_detection"))
+
+
+# ---- notices ---------------------------------------------------------------------------------------------
+
+
+def test_a_consent_must_cite_a_notice_its_partner_published(ledger_url, monkeypatch):
+    w = make_world(ledger_url)
+    a, b = w.partners["partner-a"], w.partners["partner-b"]
+    unpublished = Notice("cohort-modelling", "2", "A newer text that was never published.")
+    message = _refused(w, a.consent_entries([consent("u1")], notice=unpublished), "NOT_FOUND")
+    assert "notice 'cohort-modelling' version '2'" in message and "was never published by 'partner-a'" in message
+    _refused(w, a.consent_entries([consent("u2", given=False)], notice=unpublished), "NOT_FOUND")  # refusals too
+    # another partner's notice is not this partner's
+    theirs = Notice("b-terms", "1", "partner-b's own notice")
+    b.publish_notice(theirs, [CHURN])
+    assert "never published by 'partner-a'" in _refused(w, a.consent_entries([consent("u3")], notice=theirs),
+                                                         "NOT_FOUND")  # fmt: skip
+    # the published id and version but another text: not the notice that was published
+    other_text = Notice(DEFAULT_NOTICE.notice_id, DEFAULT_NOTICE.version, DEFAULT_NOTICE.text + " And we sell it.")
+    assert "published with another text" in _refused(w, a.consent_entries([consent("u4")], notice=other_text),
+                                                      "NOT_FOUND")  # fmt: skip
+    with pytest.raises(AppendError) as err:
+        a.publish_notice(other_text, [CHURN])
+    assert err.value.code == "ALREADY_EXISTS" and "publish a new version" in str(err.value)
+    a.publish_notice(DEFAULT_NOTICE, [CHURN])  # the same text again is harmless
+    # publishing first, then recording, works, in one batch too
+    body = {"partner_id": "partner-a", "notice_id": unpublished.notice_id, "version": unpublished.version,
+            "sha256": unpublished.sha256, "purposes": [CHURN]}  # fmt: skip
+    w.ledger.append([make_entry("notice.published", body, a.identity)] + a.consent_entries([consent("u1")],
+                                                                                          notice=unpublished))
+    # `cohort ledger verify` applies the same rule to a consent forced past the store
+    ghost = Notice("ghost", "1", "never shown to anyone")
+    real = rules._SEMANTICS["consent.given"]
+
+    def old_rule(entry, key, state, position):
+        n = entry.body["notice"]
+        state.notices[(entry.body["partner_id"], n["id"], n["version"])] = n["sha256"]
+        return real(entry, key, state, position)
+
+    monkeypatch.setitem(rules._SEMANTICS, "consent.given", old_rule)
+    [index] = w.ledger.append(a.consent_entries([consent("u5")], notice=ghost))
+    monkeypatch.undo()
+    w.ledger.checkpoint()
+    report = verify_ledger(ledger_url, workers=0)
+    assert report.first_bad[0] == index and "never published" in report.first_bad[1], report.problems
+
+
+# ---- eligibility day, erasure ----------------------------------------------------------------------------
+
+
+def test_eligibility_defaults_to_the_day_of_the_checkpoint_at_that_size(ledger_url):
+    w = make_world(ledger_url)
+    a = w.partners["partner-a"]
+    a.record([consent("lapsing", valid_until="2021-01-01"), consent("lasting")])
+    refs = a.subject_refs(["lapsing", "lasting"])
+    size = w.ledger.tree_size()
+    cp = sign_checkpoint(w.operator, w.ledger.store.origin, size, w.ledger.store.root(size),
+                         ts="2020-06-01T23:59:59.000000Z")  # a checkpoint signed on 2020-06-01 (UTC)  # fmt: skip
+    _tamper(ledger_url, "INSERT INTO checkpoints (tree_size, body, key_id, signature) VALUES (:s, :b, :k, :g)",
+            {"s": size, "b": cp.body, "k": cp.key_id, "g": cp.signature})  # fmt: skip
+    assert w.ledger.eligibility_day(size) == "2020-06-01"
+    at_checkpoint = w.ledger.eligible_set("partner-a", CHURN, ["behavioural"], tree_size=size)
+    assert refs["lapsing"] in at_checkpoint and refs["lasting"] in at_checkpoint, "judged on the checkpoint's day"
+    assert w.ledger.eligible_set("partner-a", CHURN, ["behavioural"], tree_size=size, day="2020-06-01") == at_checkpoint
+    explicit = w.ledger.eligible_set("partner-a", CHURN, ["behavioural"], tree_size=size, day="2022-01-01")
+    assert refs["lapsing"] not in explicit and refs["lasting"] in explicit
+    # at a size with no checkpoint: UTC today
+    a.record([consent("newcomer")])
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    assert w.ledger.eligibility_day(w.ledger.tree_size()) == today
+    latest = w.ledger.eligible_set("partner-a", CHURN, ["behavioural"])
+    assert refs["lapsing"] not in latest and refs["lasting"] in latest
+    assert verify_ledger(ledger_url, workers=0).ok
+
+
+def test_complete_erasure_checks_everything_before_it_shreds(ledger_url):
+    w = make_world(ledger_url)
+    a = w.partners["partner-a"]
+    a.record([consent("kept"), consent("other")])
+    ref = a.subject_refs(["kept"])["kept"]
+    before = w.ledger.tree_size()
+    for partner, subject, code, words in (
+        ("partner-a", ref, "FAILED_PRECONDITION", "no subject.erasure_requested"),
+        ("partner-b", ref, "PERMISSION_DENIED", "does not belong to 'partner-b'"),
+        ("partner-a", "ab" * 16, "NOT_FOUND", "has no entries in the log"),
+    ):
+        with pytest.raises(AppendError) as err:
+            w.ledger.complete_erasure(partner, subject)
+        assert err.value.code == code and words in str(err.value)
+    assert not w.ledger.vault.is_shredded(ref), "a refused erasure must shred nothing"
+    assert a.subject_refs(["kept"], create=False) == {"kept": ref}
+    assert w.ledger.vault.read_evidence(w.ledger.current_consent(ref))
+    assert w.ledger.tree_size() == before
+    a.erase("kept")
+    assert w.ledger.vault.is_shredded(ref)
+    with pytest.raises(AppendError) as err:
+        w.ledger.complete_erasure("partner-a", ref)
+    assert err.value.code == "ALREADY_EXISTS"
+    assert verify_ledger(ledger_url, workers=0).ok

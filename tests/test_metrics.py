@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from models.metrics import (
-    calibration_table, churn_pr_auc, churn_roc_auc, cumulative_true, decile_mape, decile_stats, evaluate, gini,
-    normalized_gini, spearman,
+    calibration_table, churn_pr_auc, churn_roc_auc, cumulative_true, decile_mape, decile_mape_skipped, decile_stats,
+    evaluate, gini, normalized_gini, spearman,
 )
 
 
@@ -69,11 +69,24 @@ def test_decile_mape_uses_bucket_means():
     assert decile_mape(y2, p) == pytest.approx(0.2)
 
 
-def test_decile_mape_skips_empty_truth_deciles():
+def test_decile_mape_skips_empty_truth_deciles_and_counts_them():
     y = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 10.0])
     p = np.arange(10.0)
-    # only the top decile has a true mean > 0: |9 - 10| / 10
+    # only the top decile has a true mean > 0: |9 - 10| / 10; the nine others are skipped, not counted as 0 or inf
     assert decile_mape(y, p) == pytest.approx(0.1)
+    assert decile_mape_skipped(y, p) == 9
+    assert decile_stats(y, p)["decile_mape"].isna().sum() == 9
+    # three of ten deciles without a spender: the mean is over the seven others only
+    y = np.array([0, 0, 0, 4, 5, 6, 7, 8, 9, 10.0])
+    p = y * 1.5
+    assert decile_mape_skipped(y, p) == 3 and decile_mape(y, p) == pytest.approx(0.5)
+    assert decile_mape_skipped(y + 1, p) == 0
+
+
+def test_decile_mape_with_no_spend_at_all_is_nan_without_a_warning(recwarn):
+    y, p = np.zeros(20), np.linspace(0, 1, 20)
+    assert np.isnan(decile_mape(y, p)) and decile_mape_skipped(y, p) == 10
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_spearman_by_hand():

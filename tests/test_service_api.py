@@ -6,28 +6,34 @@ with its status while the tree size stays where it was.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 
+import grpc
+
 from consent import merkle
-from consent.checkpoints import verify_checkpoint_signature
+from consent.canonical import canonical_bytes
+from consent.checkpoints import sign_checkpoint, verify_checkpoint_signature
 from consent.client import LedgerClient, LedgerRPCError, RemoteAppendError
 from consent.eligibility import EligibleSet, eligible_root, verify_absent
 from consent.entries import make_entry
 from consent.keys import Identity
-from consent.partner import DEFAULT_NOTICE
 from consent.rules import AppendError
 from consent.service import servicer as servicer_module
+from consent.service.auth import SERVICE_PREFIX, sign_request
+from consent.store import tables as store_tables
 from consent.service.convert import EligibleCommitment
+from protos import ledger_pb2 as pb
+from protos import ledger_pb2_grpc
 from test_service_support import CATEGORIES, PURPOSE, consent_body, decisions, forge, future_ts, running_env
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def env(request, tmp_path_factory):
     with running_env(request.param, tmp_path_factory.mktemp(f"svc-{request.param}")) as env:
-        a, b = env.desk("partner-a"), env.desk("partner-b")
-        a.publish_notice(DEFAULT_NOTICE, [PURPOSE])
+        a, b = env.desk("partner-a"), env.desk("partner-b")  # running_env has published both partners' notices
         a.record(decisions("a", 30) + decisions("ar", 5, given=False))
         b.record(decisions("b", 10))
         a.withdraw("a1")
@@ -141,18 +147,77 @@ def test_budget_charged_by_coordinator_and_capping_eligibility(env):
             "INVALID_ARGUMENT")  # fmt: skip
 
 
-def test_coordinator_writes_jobs_and_registers_partners(env):
+def test_coordinator_writes_jobs_and_registers_auditors_only(env):
     coordinator, op = env.client("coordinator"), env.keys["coordinator"]
-    body = {"job_id": "job-9", "purpose": PURPOSE, "data_categories": CATEGORIES, "checkpoint": 1, "rounds": 3,
-            "target_epsilon": 3.0, "delta": 1e-5}  # fmt: skip
+    body = {"job_id": "job-9", "purpose": PURPOSE, "data_categories": CATEGORIES,
+            "checkpoint": {"tree_size": 1, "root": ""}, "rounds": 3, "target_epsilon": 3.0, "delta": 1e-5}  # fmt: skip
     [index] = coordinator.append([make_entry("job.started", body, op)])
     assert index == env.client("auditor").tree_size() - 1
-    newcomer = Identity.generate("partner-c", "partner")
-    assert coordinator.register(newcomer) == newcomer.key_id
-    with LedgerClient(env.server.address, newcomer) as c:
+    reader = Identity.generate("auditor-2", "auditor")
+    assert coordinator.register(reader) == reader.key_id
+    with LedgerClient(env.server.address, reader) as c:
         assert c.tree_size() == index + 2
+    newcomer = Identity.generate("partner-c", "partner")
+    err = refused(env, "coordinator", lambda c: c.register(newcomer), "PERMISSION_DENIED")
+    assert "a coordinator registers auditor keys only; partner identities such as 'partner-c' are registered by " \
+           "the operator" in err.details  # fmt: skip
     refused(env, "coordinator", lambda c: c.register(Identity.generate("op2", "operator")), "PERMISSION_DENIED")
-    refused(env, "coordinator", lambda c: c.register("partner-a", "partner", newcomer.public_b64), "ALREADY_EXISTS")
+    assert env.server.ledger.store.key(newcomer.key_id) is None
+    assert env.client("operator").register(newcomer) == newcomer.key_id  # the operator registers partners
+
+
+def test_coordinator_cannot_impersonate_a_partner(env):
+    """The audit's attack: the coordinator registers a fresh key as "partner-a" and signs partner-a's consents."""
+    store = env.server.ledger.store
+    impostor = Identity.generate("partner-a", "partner")
+    err = refused(env, "coordinator", lambda c: c.register(impostor), "PERMISSION_DENIED")
+    assert "partner identities such as 'partner-a' are registered by the operator" in err.details
+    # not under another role either: the name is taken
+    as_auditor = Identity.generate("partner-a", "auditor")
+    err = refused(env, "coordinator", lambda c: c.register(as_auditor), "ALREADY_EXISTS")
+    assert f"identity 'partner-a' already holds key {env.keys['partner-a'].key_id} (role partner)" in err.details
+    # and not even the operator gives an existing identity a second key: that takes key.rotated
+    err = refused(env, "operator", lambda c: c.register(impostor), "ALREADY_EXISTS")
+    assert "already holds key" in err.details and "needs key.rotated" in err.details
+    assert store.key(impostor.key_id) is None and store.key(as_auditor.key_id) is None
+    assert [k.key_id for k in store.keys_of("partner-a")] == [env.keys["partner-a"].key_id]
+    # so whatever the impostor signs is refused, as a call and as an entry
+    with LedgerClient(env.server.address, impostor) as c:
+        with pytest.raises(LedgerRPCError) as call:
+            c.tree_size()
+    assert call.value.code == "UNAUTHENTICATED" and "unknown key id" in call.value.details
+    forged = forge("consent.withdrawn", {"consent_id": "e" * 32, "partner_id": "partner-a",
+                                         "subject_ref": ref_of(env, "partner-a", "a3"),
+                                         "indicated_at": "2026-01-01"}, impostor)  # fmt: skip
+    err = refused(env, "operator", lambda c: c.append([forged]), "UNAUTHENTICATED")
+    assert "unknown key id" in err.details
+    assert env.client("partner-a").current_consent(ref_of(env, "partner-a", "a3")) is not None
+
+
+def test_a_partner_rotates_its_own_key(env):
+    operator = env.client("operator")
+    old = Identity.generate("partner-r", "partner")
+    operator.register(old)
+    new = Identity.generate("partner-r", "partner")
+    body = {"identity": "partner-r", "role": "partner", "key_id": new.key_id, "public_key": new.public_b64,
+            "replaces": old.key_id}  # fmt: skip
+    with LedgerClient(env.server.address, old) as c:
+        escalate = make_entry("key.rotated", dict(body, role="coordinator"), old)
+        with pytest.raises(LedgerRPCError) as err:
+            c.append([escalate])
+        assert err.value.code == "PERMISSION_DENIED" and "keeps the role" in err.value.details
+        [index] = c.append([make_entry("key.rotated", body, old)])
+        with pytest.raises(LedgerRPCError) as err:
+            c.tree_size()
+        assert err.value.code == "UNAUTHENTICATED" and "rotated out" in err.value.details
+    with LedgerClient(env.server.address, new) as c:
+        assert c.tree_size() == index + 1
+        other = make_entry("key.rotated", {"identity": "partner-a", "role": "partner", "key_id": old.key_id,
+                                           "public_key": old.public_b64, "replaces": env.keys["partner-a"].key_id},
+                           new)  # fmt: skip
+        with pytest.raises(LedgerRPCError) as err:
+            c.append([other])
+        assert err.value.code == "PERMISSION_DENIED"
 
 
 # ---- refusals: nothing is stored -----------------------------------------------------------------------------
@@ -179,6 +244,12 @@ def _canonical_consent(env) -> bytes:
         ("withdraw_nonexistent", "NOT_FOUND", "to withdraw"),
         ("coordinator_writes_consent", "PERMISSION_DENIED", "may not append consent.given"),
         ("empty", "INVALID_ARGUMENT", "at least one entry"),
+        ("no_sig", "INVALID_ARGUMENT", "entry fields wrong: missing ['sig']"),
+        ("empty_sig", "INVALID_ARGUMENT", "entry field 'sig' must be a non-empty string"),
+        ("over_64_kib", "INVALID_ARGUMENT", "bytes; the limit is 65536"),
+        ("unpublished_notice", "NOT_FOUND", "was never published by 'partner-a'"),
+        ("manifest_with_free_field", "INVALID_ARGUMENT", "unexpected field(s) ['user_email']"),
+        ("manifest_outside_vocabulary", "INVALID_ARGUMENT", "unknown purpose(s) ['selling_data']"),
     ],
 )
 def test_bad_appends_are_refused_and_nothing_is_stored(env, case, code, words):
@@ -215,6 +286,29 @@ def test_bad_appends_are_refused_and_nothing_is_stored(env, case, code, words):
         batch = [forge("consent.given", consent_body("coordinator", a_ref), keys["coordinator"])]
     elif case == "empty":
         batch = []
+    elif case in ("no_sig", "empty_sig"):
+        fields = json.loads(_canonical_consent(env))
+        if case == "no_sig":
+            del fields["sig"]
+        else:
+            fields["sig"] = ""
+        batch = [canonical_bytes(fields)]
+    elif case == "over_64_kib":
+        body = consent_body("partner-a", a_ref, recipients=[f"r{i:05d}-{'x' * 50}" for i in range(1200)])
+        batch = [forge("consent.given", body, keys["partner-a"])]
+        assert 64 * 1024 < len(batch[0]) < 1024 * 1024
+    elif case == "unpublished_notice":
+        body = consent_body("partner-a", a_ref, notice={"id": "never-shown", "version": "1", "sha256": "0" * 64})
+        batch = [forge("consent.given", body, keys["partner-a"])]
+    elif case.startswith("manifest"):
+        caller = "coordinator"
+        body = {"job_id": "job-m", "round": 1, "tree_size": 5, "purpose": PURPOSE, "categories": CATEGORIES,
+                "partners": [], "model_out_hash": "0" * 64}  # fmt: skip
+        if case == "manifest_with_free_field":
+            body["user_email"] = "alice@example.com"
+        else:
+            body.update(purpose="selling_data", categories=["genome"])
+        batch = [forge("round.manifest", body, keys["coordinator"])]
     err = refused(env, caller, lambda c: c.append(batch), code)
     assert words in err.details, err.details
     assert isinstance(err, AppendError)
@@ -274,3 +368,67 @@ def test_erasure_needs_a_request_first_and_shreds_nothing_otherwise(env):
     assert env.desk("partner-a").subject_refs(["a4"], create=False) == {}
     refused(env, "partner-a", lambda c: c.complete_erasure("partner-a", erased), "ALREADY_EXISTS")
     refused(env, "partner-a", lambda c: c.store_evidence("3" * 32, erased, b"e"), "FAILED_PRECONDITION")
+
+
+def test_unsigned_appends_are_unauthenticated_and_store_nothing(env):
+    entry = env.desk("partner-a").consent_entries(decisions("unsigned", 1))[0]
+    before = env.client("auditor").tree_size()
+    with grpc.insecure_channel(env.server.address) as channel:
+        stub = ledger_pb2_grpc.ConsentLedgerStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Append(pb.AppendRequest(entries=[entry.data]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "unsigned request" in err.value.details()
+        # signed, but for other bytes than those sent
+        raw = pb.AppendRequest(entries=[entry.data]).SerializeToString()
+        metadata = sign_request(env.keys["partner-a"], SERVICE_PREFIX + "Append", raw + b"\x00")
+        call = channel.unary_unary(SERVICE_PREFIX + "Append", request_serializer=None,
+                                   response_deserializer=pb.AppendResponse.FromString)  # fmt: skip
+        with pytest.raises(grpc.RpcError) as err:
+            call(raw, metadata=metadata, timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "bad request signature" in err.value.details()
+    assert env.client("auditor").tree_size() == before
+
+
+def test_a_corrupt_protobuf_body_is_refused(env):
+    """Correctly signed raw bytes that are not an AppendRequest: INVALID_ARGUMENT, and nothing stored."""
+    method = SERVICE_PREFIX + "Append"
+    before = env.client("auditor").tree_size()
+    with grpc.insecure_channel(env.server.address) as channel:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=pb.AppendResponse.FromString)
+        for raw in (b"\x0a\xff\xff\xff\xff\x0f", b"\xff" * 16, b"\x0a\x05ab"):  # bad length, bad tags, truncated
+            metadata = sign_request(env.keys["partner-a"], method, raw)
+            with pytest.raises(grpc.RpcError) as err:
+                call(raw, metadata=metadata, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raw
+            assert "request is not a valid protobuf message" in err.value.details()
+    assert env.client("auditor").tree_size() == before
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_eligibility_day_defaults_to_the_checkpoint_over_grpc_too(tmp_path, kind):
+    """Same tree size, same set, whatever the day: the default day is the checkpoint's (UTC), as in-process."""
+    from consent.ledger import LedgerReader
+
+    with running_env(kind, tmp_path) as env:
+        desk = env.desk("partner-a")
+        desk.record([dict(d, valid_until="2021-01-01") for d in decisions("lapsing", 2)] + decisions("lasting", 3))
+        coordinator = env.client("coordinator")
+        size = coordinator.tree_size()
+        store = env.server.ledger.store
+        cp = sign_checkpoint(env.keys["operator"], store.origin, size, store.root(size), ts="2020-06-01T08:00:00Z")
+        with store.engine.begin() as conn:
+            conn.execute(store_tables.checkpoints.insert().values(tree_size=size, body=cp.body, key_id=cp.key_id,
+                                                                  signature=cp.signature))  # fmt: skip
+        remote = coordinator.eligible_set("partner-a", PURPOSE, CATEGORIES, tree_size=size)
+        assert remote.day == "2020-06-01" and remote.count == 5
+        reader = LedgerReader.open_readonly(env.url)
+        try:
+            local = reader.eligible_set("partner-a", PURPOSE, CATEGORIES, tree_size=size)
+            assert (local.root, local.count) == (remote.root, remote.count)
+        finally:
+            reader.close()
+        explicit = coordinator.eligible_set("partner-a", PURPOSE, CATEGORIES, tree_size=size, day="2022-01-01")
+        assert explicit.day == "2022-01-01" and explicit.count == 3
+        desk.record(decisions("later", 1))  # a size with no checkpoint: UTC today, when both lapsed
+        latest = coordinator.eligible_set("partner-a", PURPOSE, CATEGORIES)
+        assert latest.day == dt.datetime.now(dt.timezone.utc).date().isoformat() and latest.count == 4

@@ -188,7 +188,7 @@ def _self_signed(tmp_path):
 
 def test_tls_server(tmp_path):
     cert, key = _self_signed(tmp_path)
-    with running_env("sqlite", tmp_path, tls=(cert, key)) as env:
+    with running_env("sqlite", tmp_path, publish_notices=False, tls=(cert, key)) as env:
         assert env.server.tls
         with LedgerClient(env.server.address, env.keys["auditor"], root_cert=cert, timeout=10) as c:
             assert c.tree_size() == 5  # operator bootstrap + the four other parties' keys from the directory

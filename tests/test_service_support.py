@@ -6,19 +6,16 @@ import base64
 import contextlib
 import datetime as dt
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pytest
 
 from consent.canonical import canonical_bytes
 from consent.client import LedgerClient
 from consent.entries import now_iso
 from consent.keys import Identity
 from consent.partner import DEFAULT_NOTICE, PartnerDesk
+from tests.ledger_helpers import fresh_pg_database
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PARTY_ROLES = {
     "operator": "operator",
     "coordinator": "coordinator",
@@ -42,19 +39,8 @@ def make_keys(directory: Path) -> dict[str, Identity]:
 @contextlib.contextmanager
 def postgres_database():
     """A fresh database per use (created and dropped here), so runs never see each other's rows."""
-    psycopg = pytest.importorskip("psycopg")
-    name = f"cohort_svc_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:  # like tests/conftest.py: a missing database fails, never skips
-        pytest.fail(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("cohort_svc") as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -89,8 +75,14 @@ class Env:
             c.close()
 
 
+PARTNERS = tuple(name for name, role in PARTY_ROLES.items() if role == "partner")
+
+
 @contextlib.contextmanager
-def running_env(kind: str, tmp_dir: Path, **serve_kwargs):
+def running_env(kind: str, tmp_dir: Path, publish_notices: bool = True, **serve_kwargs):
+    """A server on a fresh database whose key directory holds every party. Log: 0 the operator's bootstrap, 1-4
+    the other parties' keys (registered at start, in file name order), then (publish_notices) each partner's
+    notice.published of DEFAULT_NOTICE, which every consent the desks record cites."""
     from consent.service.server import serve
 
     keys_dir = tmp_dir / "keys"
@@ -99,6 +91,9 @@ def running_env(kind: str, tmp_dir: Path, **serve_kwargs):
         server = serve(url, 0, keys_dir, **serve_kwargs)
         env = Env(server, url, keys, keys_dir)
         try:
+            if publish_notices:
+                for partner in PARTNERS:
+                    env.desk(partner).publish_notice(DEFAULT_NOTICE, [PURPOSE])
             yield env
         finally:
             env.close()

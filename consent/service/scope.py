@@ -15,10 +15,10 @@ from sqlalchemy import Engine, select
 
 from consent.store import tables as t
 
-HEX32 = re.compile(r"^[0-9a-f]{32}$")
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HEX32 = re.compile(r"[0-9a-f]{32}")  # all used with fullmatch: `$` also matches before a "\n"
+HEX64 = re.compile(r"[0-9a-f]{64}")
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class Refused(Exception):
@@ -57,13 +57,13 @@ def own_subject(engine: Engine, caller_partner: str, subject_ref: str) -> Subjec
 
 
 def subject_ref(value: str, name: str = "subject_ref") -> str:
-    if not HEX32.match(value):
+    if not HEX32.fullmatch(value):
         raise Refused("INVALID_ARGUMENT", f"{name} must be 32 lowercase hex characters, got {value[:40]!r}")
     return value
 
 
 def user_hmac(value: str) -> str:
-    if not HEX64.match(value):
+    if not HEX64.fullmatch(value):
         # Refusing anything but a hex HMAC keeps a raw user id (personal data) from ever reaching the ledger.
         raise Refused("INVALID_ARGUMENT", "user_hmacs must be hex HMAC-SHA256 values (64 hex characters), "
                                           "never raw user ids")  # fmt: skip
@@ -71,13 +71,13 @@ def user_hmac(value: str) -> str:
 
 
 def name(value: str, what: str) -> str:
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         raise Refused("INVALID_ARGUMENT", f"{what} must be 1-64 characters of [A-Za-z0-9._-], got {value[:70]!r}")
     return value
 
 
 def day(value: str) -> str:
-    if not DAY.match(value):
+    if not DAY.fullmatch(value):
         raise Refused("INVALID_ARGUMENT", f"day must be 'YYYY-MM-DD', got {value[:20]!r}")
     try:
         dt.date.fromisoformat(value)

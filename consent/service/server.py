@@ -101,6 +101,15 @@ def register_public_keys(ledger: Ledger, keys_dir: str | Path) -> list[str]:
     return done
 
 
+PLAINTEXT_WARNING = ("warning: serving the ledger WITHOUT TLS on loopback {host} (local development only); pass "
+                     "--tls-cert and --tls-key to encrypt")  # fmt: skip
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and 'localhost': the only addresses plaintext is served on without --insecure."""
+    return _is_loopback(host)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -174,13 +183,15 @@ def _pem(value: str | Path | bytes) -> bytes:
 
 
 def run_forever(db_url: str, port: int, keys_dir: str | Path, host: str = "127.0.0.1", tls=None) -> None:
-    """What `cohort ledger serve` calls (the CLI has already insisted on TLS or --insecure): serve until SIGTERM/^C."""
-    server = serve(db_url, port, keys_dir, tls=tls, host=host, insecure=tls is None)
-    print(f"cohort ledger listening on {server.address} ({'TLS' if server.tls else 'plaintext'})", flush=True)
+    """What `cohort ledger serve` calls (the CLI has already insisted on TLS, loopback or --insecure): serve until
+    SIGTERM/^C."""
     done = threading.Event()
+    # Before serving: a SIGTERM that arrives once the port answers must stop the server cleanly, not kill it.
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
+    server = serve(db_url, port, keys_dir, tls=tls, host=host, insecure=tls is None)
+    print(f"cohort ledger listening on {server.address} ({'TLS' if server.tls else 'plaintext'})", flush=True)
     try:
         done.wait()
     finally:
@@ -195,12 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
-    p.add_argument("--insecure", action="store_true", help="serve without TLS (development on loopback)")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve without TLS on any host (plaintext on a loopback host needs no flag, with a warning)")
     args = p.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
     if not args.insecure and not args.tls_cert:
-        p.error("refusing to serve without TLS: pass --tls-cert and --tls-key, or --insecure")
+        if not _is_loopback(args.host):
+            p.error(f"refusing to serve plaintext on {args.host}: pass --tls-cert and --tls-key, or --insecure")
+        print(PLAINTEXT_WARNING.format(host=args.host), file=sys.stderr, flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_forever(args.db, args.port, args.keys, args.host, (args.tls_cert, args.tls_key) if args.tls_cert else None)
     return 0

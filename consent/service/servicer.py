@@ -143,16 +143,8 @@ class ConsentLedgerServicer(ledger_pb2_grpc.ConsentLedgerServicer):
     def CompleteErasure(self, request: pb.CompleteErasureRequest, caller: Caller) -> pb.CompleteErasureResponse:
         _own_partner(caller, scope.name(request.partner_id, "partner_id"))
         ref = scope.subject_ref(request.subject_ref)
-        # Checked before shredding: the ledger shreds first and logs second, and a shred cannot be undone.
-        state = scope.subject_state(self.engine, ref)
-        if state is None or not state.in_log:
-            raise Refused("NOT_FOUND", f"subject {ref} has no entries in the log")
-        if state.partner_id != request.partner_id:
-            raise Refused("PERMISSION_DENIED", f"subject {ref} does not belong to {request.partner_id!r}")
-        if state.erased:
-            raise Refused("ALREADY_EXISTS", f"subject {ref} is already erased")
-        if not state.erasure_requested:
-            raise Refused("FAILED_PRECONDITION", f"subject {ref} has no subject.erasure_requested entry")
+        # Ledger.complete_erasure checks everything before it shreds (a shred cannot be undone) and refuses with
+        # NOT_FOUND / PERMISSION_DENIED / ALREADY_EXISTS / FAILED_PRECONDITION, nothing shredded.
         return pb.CompleteErasureResponse(index=self.ledger.complete_erasure(request.partner_id, ref))
 
     @rpc(COORDINATOR, OPERATOR)
@@ -166,16 +158,21 @@ class ConsentLedgerServicer(ledger_pb2_grpc.ConsentLedgerServicer):
 
     @rpc(COORDINATOR, OPERATOR)
     def RegisterKey(self, request: pb.RegisterKeyRequest, caller: Caller) -> pb.RegisterKeyResponse:
+        """Has the operator register a NEW identity's key (consent.rules: one active key per identity).
+
+        The operator may register any role. A coordinator may register auditor identities only: partner (and
+        coordinator, operator) identities are the operator's alone, so a coordinator can never mint a key that
+        speaks for a partner. A key for an identity that already holds one is refused (ALREADY_EXISTS): a new key
+        for an existing identity comes only by `key.rotated`, signed by the operator or by the current key."""
         scope.name(request.identity, "identity")
         if request.role not in ROLES:
             raise Refused("INVALID_ARGUMENT", f"unknown role {request.role!r}; roles are {ROLES}")
-        if caller.role == COORDINATOR and request.role not in (PARTNER, AUDITOR):
-            raise Refused("PERMISSION_DENIED", "a coordinator registers partner and auditor keys only")
+        if caller.role == COORDINATOR and request.role != AUDITOR:
+            raise Refused("PERMISSION_DENIED", f"a coordinator registers auditor keys only; {request.role} "
+                                               f"identities such as {request.identity!r} are registered by the "
+                                               "operator")  # fmt: skip
         key_id = key_id_of(public_raw(public_from_b64(request.public_key)))  # ValueError -> INVALID_ARGUMENT
-        try:
-            self.ledger.register(request.identity, request.role, request.public_key)
-        except ValueError as exc:  # the only ValueError left: the key is registered to someone else
-            raise Refused("ALREADY_EXISTS", str(exc)) from None
+        self.ledger.register(request.identity, request.role, request.public_key)  # AppendError: ALREADY_EXISTS
         log.info("%s registered key %s for %s as %s", caller.identity, key_id, request.identity, request.role)
         return pb.RegisterKeyResponse(key_id=key_id)
 
@@ -286,7 +283,7 @@ class ConsentLedgerServicer(ledger_pb2_grpc.ConsentLedgerServicer):
             if q.tree_size > size:
                 raise Refused("OUT_OF_RANGE", f"tree size {q.tree_size} is beyond the log's {size}")
             size = q.tree_size
-        day = scope.day(q.day) if q.HasField("day") else scope.utc_today()
+        day = scope.day(q.day) if q.HasField("day") else self.ledger.eligibility_day(size)
         cap = scope.epsilon(q.lifetime_epsilon, "lifetime_epsilon") if q.HasField("lifetime_epsilon") else None
         job_eps = scope.epsilon(q.job_epsilon, "job_epsilon") if q.HasField("job_epsilon") else 0.0
         return self.ledger.eligible_set(q.partner_id, q.purpose, list(q.categories), size, day, cap, job_eps), day

@@ -75,7 +75,8 @@ class LedgerStore:
         self.engine = engine
         self.origin = origin
         self._lock = threading.Lock()
-        self._keys: dict[str, KeyRecord] = {}
+        self._keys: dict[str, KeyRecord] = {}  # hints for the signature workers; the rules read keys from the db
+        self._notices: dict[tuple[str, str, str], str] = {}  # published notices seen: (partner, id, version) -> sha256
         self._frontier: tuple[int, dict[tuple[int, int], bytes]] | None = None  # (tree size, its frontier nodes)
         self._inline_share = 0.1  # of a large batch's signatures verified here rather than by the workers
         with engine.begin() as conn:
@@ -143,6 +144,7 @@ class LedgerStore:
             # Committed: only now may the caches move on.
             self._frontier = frontier
             self._keys.update({k: v for k, v in state.keys.items()})
+            self._notices.update(state.notices)
         return list(range(start, start + len(parsed)))
 
     def _judge_and_insert(self, parsed, leaves, state, pending: sigcheck.Pending, writer: "_Writer", sql):
@@ -286,9 +288,15 @@ class LedgerStore:
         """Takes the log's write lock and prefetches exactly the rows the rules will ask about; (size, state).
 
         Touching the head row first takes the write lock (row lock on PostgreSQL, RESERVED on SQLite), so the size
-        it returns cannot move under us, nor can the rows read after it (on PostgreSQL in the same round trip)."""
+        it returns cannot move under us, nor can the rows read after it (on PostgreSQL in the same round trip).
+        Keys are always read from the database, not from this process's cache: another process may have rotated
+        one out. The bodies may not have been validated yet (the workers' parse verdicts come later), so nothing
+        here may assume their shape beyond what it checks."""
         refs = set()
         consent_ids = set()
+        key_ids: set[str] = set()
+        identities: set[str] = set()
+        notices: set[tuple[str, str, str]] = set()
         for e in batch:
             body = e.body
             ref = body.get("subject_ref")
@@ -298,10 +306,25 @@ class LedgerStore:
                 value = body.get(name)
                 if isinstance(value, str):
                     consent_ids.add(value)
-        start, subject_rows, consent_rows, leaf_rows = sql.lock_and_read(refs, consent_ids, set(leaves))
+            kid = e.fields.get("key_id")
+            if isinstance(kid, str):
+                key_ids.add(kid)
+            etype = e.fields.get("type")
+            if etype == "key.registered" or etype == "key.rotated":
+                for name, into in (("identity", identities), ("replaces", key_ids)):
+                    value = body.get(name)
+                    if isinstance(value, str):
+                        into.add(value)
+            elif etype == "notice.published" or etype == "consent.given" or etype == "consent.refused":
+                notice = _notice_key(body)
+                if notice is not None:
+                    notices.add(notice)
+        start, subject_rows, consent_rows, leaf_rows, key_rows = sql.lock_and_read(
+            refs, consent_ids, set(leaves), key_ids, identities
+        )
         state = LogState(empty_log=start == 0)
-        key_ids = {e.key_id for e in batch} | {e.body.get("replaces") for e in batch if e.type == "key.rotated"}
-        state.keys = self._load_keys(sql.conn, {k for k in key_ids if isinstance(k, str)})
+        for key_id, identity, role, public_key, revoked_idx in key_rows:
+            state.keys[key_id] = KeyRecord(key_id, identity, role, public_key, revoked_idx is not None)
         subjects = state.subjects
         for ref, partner, erasure_idx, erased_idx in subject_rows:
             subjects[ref] = SubjectRecord(partner, erasure_idx is not None, erased_idx is not None)
@@ -309,20 +332,26 @@ class LedgerStore:
         for consent_id, partner, ref, kind in consent_rows:
             consents[consent_id] = ConsentRecord(partner, ref, kind)
         state.leaf_hashes.update(bytes(r[0]) for r in leaf_rows)
+        state.notices = self._load_notices(sql, notices)
         return start, state
 
-    def _load_keys(self, conn, key_ids: set[str]) -> dict[str, KeyRecord]:
-        out = {}
-        missing = []
-        for k in key_ids:
-            if k in self._keys and not self._keys[k].revoked:
-                out[k] = self._keys[k]
-            else:
-                missing.append(k)
-        for rows in _chunks(missing):
-            for r in conn.execute(select(t.keys).where(t.keys.c.key_id.in_(rows))):
-                out[r.key_id] = KeyRecord(r.key_id, r.identity, r.role, r.public_key, r.revoked_idx is not None)
-        return out
+    def _load_notices(self, sql: "_Sql", wanted: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+        """(partner, notice id, version) -> sha256 of those published. Published notices never change, so those
+        this process has seen are cached; a notice not seen yet is looked up in the log (it may be another
+        process's, or not exist)."""
+        missing = {n for n in wanted if n not in self._notices}
+        if missing:
+            partners = sorted({p for p, _, _ in missing})
+            q = select(t.entries.c.data).where(t.entries.c.entry_type == "notice.published",
+                                               t.entries.c.partner_id.in_(partners))  # fmt: skip
+            for (data,) in sql.conn.execute(q):
+                try:
+                    body = json.loads(bytes(data))["body"]
+                    found = (body["partner_id"], body["notice_id"], body["version"]), body["sha256"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a damaged row publishes nothing (`cohort ledger verify` names it)
+                self._notices.setdefault(*found)
+        return {n: self._notices[n] for n in wanted if n in self._notices}
 
     def _write(self, sql: "_Sql", rows: "_BatchRows") -> tuple[int, dict] | None:
         """Inserts the batch's entries, new tree nodes and consent indexes and moves the head past them (all
@@ -469,8 +498,27 @@ class LedgerStore:
             ]
 
     def key(self, key_id: str) -> KeyRecord | None:
+        """The key record (the request authenticator's lookup). A key this process has seen active is served from
+        its cache: a rotation appended by ANOTHER process is seen here only once this process looks the key up
+        again (appends never use the cache: their rules read keys from the database)."""
+        cached = self._keys.get(key_id)
+        if cached is not None and not cached.revoked:
+            return cached
         with self.engine.connect() as conn:
-            return self._load_keys(conn, {key_id}).get(key_id)
+            r = conn.execute(select(t.keys).where(t.keys.c.key_id == key_id)).first()
+        if r is None:
+            return None
+        rec = KeyRecord(r.key_id, r.identity, r.role, r.public_key, r.revoked_idx is not None)
+        if not rec.revoked:
+            self._keys[key_id] = rec
+        return rec
+
+    def keys_of(self, identity: str) -> list[KeyRecord]:
+        """Every key ever registered for an identity (at most one of them active), in registration order."""
+        with self.engine.connect() as conn:
+            q = select(t.keys).where(t.keys.c.identity == identity).order_by(t.keys.c.registered_idx)
+            return [KeyRecord(r.key_id, r.identity, r.role, r.public_key, r.revoked_idx is not None)
+                    for r in conn.execute(q)]  # fmt: skip
 
     # ---- checkpoints --------------------------------------------------------------------------------------
 
@@ -495,10 +543,19 @@ class LedgerStore:
             return [Checkpoint.from_body(bytes(r.body), r.key_id, bytes(r.signature), wit.get(r.tree_size)) for r in rows]
 
     def checkpoint(self, tree_size: int | None = None) -> Checkpoint | None:
-        cps = self.checkpoints()
-        if tree_size is None:
-            return cps[-1] if cps else None
-        return next((c for c in cps if c.tree_size == tree_size), None)
+        """The signed checkpoint at exactly `tree_size` (the latest if None), with its witnesses; None if none."""
+        with self.engine.connect() as conn:
+            q = select(t.checkpoints)
+            if tree_size is None:
+                q = q.order_by(t.checkpoints.c.tree_size.desc()).limit(1)
+            else:
+                q = q.where(t.checkpoints.c.tree_size == tree_size)
+            row = conn.execute(q).first()
+            if row is None:
+                return None
+            wq = select(t.witness_signatures).where(t.witness_signatures.c.tree_size == row.tree_size)
+            wit = {w.key_id: bytes(w.signature) for w in conn.execute(wq)}
+        return Checkpoint.from_body(bytes(row.body), row.key_id, bytes(row.signature), wit)
 
     def add_witness(self, tree_size: int, key_id: str, signature: bytes) -> None:
         with self.engine.begin() as conn:
@@ -527,6 +584,14 @@ class LedgerStore:
                 )
                 for part in result.partitions():
                     yield from part
+
+    def subject_state(self, subject_ref: str) -> SubjectRecord | None:
+        """What the log says of a subject (its partner, erasure requested, erased), or None if it has no entry."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.subjects).where(t.subjects.c.subject_ref == subject_ref)).first()
+        if row is None:
+            return None
+        return SubjectRecord(row.partner_id, row.erasure_requested_idx is not None, row.erased_idx is not None)
 
     def subject_partner(self, subject_refs: Sequence[str]) -> dict[str, str]:
         out = {}
@@ -635,31 +700,40 @@ class _Sql:
         finally:
             cur.close()
 
-    def lock_and_read(self, refs: set[str], consent_ids: set[str], leaves: set[bytes]):
-        """(tree size, subject rows, consent rows, leaf-hash rows already stored), the head row locked first.
+    def lock_and_read(self, refs: set[str], consent_ids: set[str], leaves: set[bytes], key_ids: set[str],
+                      identities: set[str]):  # fmt: skip
+        """(tree size, subject rows, consent rows, leaf-hash rows already stored, key rows), the head row locked
+        first. Key rows: the keys with these ids, and every key of these identities.
 
-        On PostgreSQL the four statements go in one pipeline: one round trip, not four."""
+        On PostgreSQL the statements go in one pipeline: one round trip, not six."""
         lock = "UPDATE ledger_head SET tree_size = tree_size WHERE id = 1 RETURNING tree_size"
+        key_select = "SELECT key_id, identity, role, public_key, revoked_idx FROM keys"
         reads = [
             ("SELECT subject_ref, partner_id, erasure_requested_idx, erased_idx FROM subjects", "subject_ref", refs),
             ("SELECT consent_id, partner_id, subject_ref, kind FROM consents", "consent_id", consent_ids),
             ("SELECT leaf_hash FROM entries", "leaf_hash", leaves),
+            (key_select, "key_id", key_ids),
+            (key_select, "identity", identities),
         ]
         if not self.pg:
             start = self._all(lock)[0][0]
-            return (start, *[self.select_in(*r) for r in reads])
-        with self.raw.driver_connection.pipeline():
-            cursors = [self.raw.cursor() for _ in range(4)]
-            cursors[0].execute(lock)
-            for cur, (prefix, column, values) in zip(cursors[1:], reads):
-                # A semi-join on the unnested array, planned for each call (prepare=False): a cached generic plan
-                # for `= ANY($1)` may scan the whole table, comparing every row with every value.
-                kind = "bytea" if column == "leaf_hash" else "text"
-                cur.execute(f"{prefix} WHERE {column} IN (SELECT unnest(%s::{kind}[]))", (list(values),), prepare=False)
-            out = [cur.fetchall() for cur in cursors]
-        for cur in cursors:
-            cur.close()
-        return (out[0][0][0], *out[1:])
+            out = [self.select_in(*r) for r in reads]
+        else:
+            with self.raw.driver_connection.pipeline():
+                cursors = [self.raw.cursor() for _ in range(len(reads) + 1)]
+                cursors[0].execute(lock)
+                for cur, (prefix, column, values) in zip(cursors[1:], reads):
+                    # A semi-join on the unnested array, planned for each call (prepare=False): a cached generic
+                    # plan for `= ANY($1)` may scan the whole table, comparing every row with every value.
+                    kind = "bytea" if column == "leaf_hash" else "text"
+                    cur.execute(f"{prefix} WHERE {column} IN (SELECT unnest(%s::{kind}[]))", (list(values),),
+                                prepare=False)  # fmt: skip
+                fetched = [cur.fetchall() for cur in cursors]
+            for cur in cursors:
+                cur.close()
+            start, out = fetched[0][0][0], fetched[1:]
+        keys = {row[0]: tuple(row) for row in out[3] + out[4]}
+        return (start, out[0], out[1], out[2], list(keys.values()))
 
     def write(self, tables: list[tuple[str, tuple[str, ...], list[tuple]]], head: int) -> None:
         """Inserts rows into each table and sets the head; on PostgreSQL one pipeline of one INSERT per table."""
@@ -735,6 +809,19 @@ class _Sql:
             for lv, idx, h in self._all(f"SELECT level, idx, hash FROM tree_nodes WHERE {cond}", params):
                 out[(lv, idx)] = bytes(h)
         return out
+
+
+def _notice_key(body: dict) -> tuple[str, str, str] | None:
+    """(partner, notice id, version) a notice.published publishes or a consent cites, if the body has that shape."""
+    partner = body.get("partner_id")
+    notice = body.get("notice")
+    if isinstance(notice, dict):
+        ident, version = notice.get("id"), notice.get("version")
+    else:
+        ident, version = body.get("notice_id"), body.get("version")
+    if isinstance(partner, str) and isinstance(ident, str) and isinstance(version, str):
+        return partner, ident, version
+    return None
 
 
 def _key_id_hint(data: bytes) -> str | None:

@@ -1,7 +1,9 @@
 """Split one event data set into partners' data sets, reproducibly: every event of a user goes to one partner.
 
-Rows without a user id belong to no partner (validated data has none).  A user's partner depends only on ``hash(seed, user_id)`` (BLAKE2b, so the same on every machine and pandas
-version) and, for non-IID splits, on the user's own events, never on row order or on the other users drawn.
+Rows without a user id belong to no partner (validated data has none).  A user's partner depends only on
+``hash(seed, user_id)`` (BLAKE2b, so the same on every machine and pandas version) and, for non-IID splits, on the
+calibration-window events (before ``calibration_end``) of the users, never on row order and never on anything
+in or after the holdout window: the holdout outcomes a model is scored on cannot leak into who holds which user.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import string
 import numpy as np
 import pandas as pd
 
-from models.schema import EVENT_TYPES, PURCHASE_EVENTS, SPEND_EVENT, vocabulary_codes
+from models.schema import EVENT_TYPES, SPEND_EVENT, vocabulary_codes
 
 
 def partner_names(n_partners: int) -> list[str]:
@@ -47,44 +49,53 @@ def partition_noniid(
     by: str = "spend_tier",
     seed: int = 0,
     mixing: float = 0.2,
-    calibration_end=None,
+    *,
+    calibration_end,
 ) -> dict[str, pd.DataFrame]:
     """Non-IID split into partners "A", "B", ... that each hold mostly one kind of user.
 
-    Users are ranked and cut into ``n_partners`` equal tiers, tier i going to partner i:
+    Only events before ``calibration_end`` (required: the end of the calibration window the features are built
+    over) decide the split, so changing, adding or removing events at or after it never moves a user who has an
+    earlier event.  Users with an event before ``calibration_end`` are ranked and cut into ``n_partners`` equal
+    tiers, tier i going to partner i:
 
-    * ``by="spend_tier"``: by total ``pay`` amount before ``calibration_end`` (all events if None), so A holds
-      the lowest spenders and the last partner the highest;
-    * ``by="cohort"``: by the time of the first purchase (``pay``/``order``; first event if none), so A holds
-      the earliest cohort.
+    * ``by="spend_tier"``: by total ``pay`` amount before ``calibration_end``, so A holds the lowest spenders and
+      the last partner the highest;
+    * ``by="cohort"``: by acquisition time = the user's first event of any type before ``calibration_end``, so A
+      holds the earliest cohort.  (Not the first *purchase*: for a user who first buys in the holdout that would
+      be a holdout outcome.  On purchase-only data such as CDNOW the two are the same.)
 
-    Ties are broken by the user's hash.  Then a share ``mixing`` of users (chosen by hash) is reassigned to a
-    uniformly random partner (by hash), so every partner still sees every kind of user.
+    Ties are broken by the user's hash.  Users whose events all lie at or after ``calibration_end`` have no
+    calibration row and are not ranked (so they do not shift the tiers of the others): they go to the last
+    partner for ``cohort`` (the newest cohort) and to A for ``spend_tier`` (no calibration spend).  Then a share
+    ``mixing`` of all users (chosen by hash) is reassigned to a uniformly random partner (by hash), so every
+    partner still sees every kind of user.
     """
     if by not in ("spend_tier", "cohort"):
         raise ValueError(f'by must be "spend_tier" or "cohort", got {by!r}')
     if n_partners < 1 or not 0.0 <= mixing <= 1.0:
         raise ValueError("need n_partners >= 1 and 0 <= mixing <= 1")
+    if calibration_end is None:
+        raise ValueError("calibration_end is required: a non-IID split must not look at holdout events")
     codes, users = _user_codes(events)
     n_users = len(users)
-    valid = codes >= 0
-    etype = vocabulary_codes(events["event_type"])
+    ts = events["ts"].to_numpy(dtype="datetime64[ns]")
+    before = (codes >= 0) & (ts < pd.Timestamp(calibration_end).as_unit("ns").to_datetime64())
+    ranked = np.bincount(codes[before], minlength=n_users) > 0  # users with a calibration-window event
     if by == "spend_tier":
-        counted = valid & (etype == EVENT_TYPES.index(SPEND_EVENT))
-        if calibration_end is not None:
-            counted &= (events["ts"] < pd.Timestamp(calibration_end)).to_numpy()
+        counted = before & (vocabulary_codes(events["event_type"]) == EVENT_TYPES.index(SPEND_EVENT))
         amount = events["amount"].to_numpy(dtype=np.float64)
         score = np.bincount(codes[counted], weights=amount[counted], minlength=n_users)
+        unranked_partner = 0
     else:
-        ts = events["ts"].to_numpy(dtype="datetime64[ns]").view(np.int64).astype(np.float64)
-        first_event = _first(codes[valid], ts[valid], n_users)
-        purchase = valid & np.isin(etype, [EVENT_TYPES.index(e) for e in PURCHASE_EVENTS])
-        first_purchase = _first(codes[purchase], ts[purchase], n_users)
-        score = np.where(np.isfinite(first_purchase), first_purchase, first_event)
+        score = _first(codes[before], ts[before].view(np.int64).astype(np.float64), n_users)
+        unranked_partner = n_partners - 1
     tie_break = user_uniforms(users, seed, "tie")
-    rank = np.empty(n_users, dtype=np.int64)
-    rank[np.lexsort((tie_break, score))] = np.arange(n_users)
-    partner_of_user = rank * n_partners // max(n_users, 1)
+    who = np.flatnonzero(ranked)
+    rank = np.empty(len(who), dtype=np.int64)
+    rank[np.lexsort((tie_break[who], score[who]))] = np.arange(len(who))
+    partner_of_user = np.full(n_users, unranked_partner, dtype=np.int64)
+    partner_of_user[who] = rank * n_partners // max(len(who), 1)
     mixed = user_uniforms(users, seed, "mix") < mixing
     random_partner = np.minimum((user_uniforms(users, seed, "partner") * n_partners).astype(np.int64),
                                 n_partners - 1)
