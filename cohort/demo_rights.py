@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from consent import merkle
-from consent.eligibility import commitment_leaves, prove_absent, verify_absent
+from consent.eligibility import prove_absent, prove_present, verify_absent, verify_present
 from server.ledger_hooks import LedgerBinding
 from server.runner import JobResult
 
@@ -31,8 +30,13 @@ def rights_evidence(binding: LedgerBinding, left_refs: dict[str, list[str]], bef
                     after: JobResult) -> RightsEvidence:  # fmt: skip
     evidence = RightsEvidence()
     for partner, refs in sorted(left_refs.items()):
-        was = binding.eligible(before.job, partner)
-        now = binding.eligible(after.job, partner)
+        # The sets preflight admitted (re-deriving them now would see budgets both jobs have since charged); they
+        # must equal what the signed manifests committed to, checked next.
+        was = binding.members.get((before.job.job_id, partner))
+        now = binding.members.get((after.job.job_id, partner))
+        if was is None or now is None:
+            evidence.problems.append(f"{partner}: did not take part in both jobs")
+            continue
         try:
             was_root, was_count = _committed(before, partner)
             now_root, now_count = _committed(after, partner)
@@ -42,13 +46,11 @@ def rights_evidence(binding: LedgerBinding, left_refs: dict[str, list[str]], bef
         if (was.root, was.count) != (was_root, was_count) or (now.root, now.count) != (now_root, now_count):
             evidence.problems.append(f"{partner}: the ledger's eligible set differs from what the rounds committed to")
             continue
-        leaves = commitment_leaves(was.subject_refs)
         for ref in refs:
             evidence.subjects += 1
             if ref in was:
-                i = was.subject_refs.index(ref)
-                proof = merkle.inclusion_proof(leaves, i)
-                if merkle.verify_inclusion(merkle.leaf_hash(leaves[i]), i, was_count, proof, was_root):
+                index, proof = prove_present(was, ref)
+                if verify_present(ref, index, proof, was_root, was_count):
                     evidence.used_before += 1
             if ref in now:
                 evidence.problems.append(f"{partner}: subject {ref} withdrew or was erased but is in job 2's set")

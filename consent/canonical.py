@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
+# Digits mapped to "0", then a search for 19 zeros: a run of 19+ digits in ~1 µs per entry (a regex takes ~10).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+
 
 class CanonicalError(ValueError):
     """Bytes that are not the canonical JSON form of an object."""
@@ -26,10 +32,24 @@ def canonical_bytes(obj) -> bytes:
         raise CanonicalError(f"entry is not representable as canonical JSON: {exc}") from None
 
 
+def decode(data: bytes):
+    """``json.loads`` of UTF-8 bytes. orjson decodes ~3x faster (decoding is the largest single cost of an append
+    and of a verification) and yields the same objects for what it accepts, a subset of what ``json`` accepts (no
+    NaN, no lone surrogates) -- except integers beyond 64 bits, which it turns into floats: bytes with a run of 19
+    or more digits (every such integer has one) and whatever orjson refuses go to ``json``, whose objects, verdict
+    and message stand."""
+    if data.translate(_DIGITS_AS_ZERO).find(_LONG_RUN) < 0:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data.decode("utf-8"))
+
+
 def parse_canonical(data: bytes) -> dict:
     """Parses entry bytes and insists they are already canonical, so a re-encoding can never change a hash."""
     try:
-        obj = json.loads(data.decode("utf-8"))
+        obj = decode(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CanonicalError(f"entry is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):

@@ -97,14 +97,58 @@ class NonMembershipProof:
         return {"subject_ref": self.subject_ref, "count": self.count, "left": side(self.left), "right": side(self.right)}
 
 
+class _CommittedTree:
+    """Every perfect node of one eligible set's Merkle tree, so each proof is O(log n) lookups instead of rehashing
+    the whole set (an audit proves thousands of subjects absent from each round's set)."""
+
+    def __init__(self, subject_refs: list[str]):
+        level = [merkle.leaf_hash(leaf) for leaf in commitment_leaves(subject_refs)]
+        self.levels = [level]
+        while len(level) > 1:
+            level = [merkle.node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            self.levels.append(level)
+        self.size = len(subject_refs)
+
+    def proof(self, index: int) -> list[bytes]:
+        return merkle.inclusion_proof_from_nodes(index, self.size, lambda lvl, i: self.levels[lvl][i])
+
+
+_TREES: dict[tuple[bytes, int], _CommittedTree] = {}
+_TREES_KEPT = 8
+
+
+def _tree(eligible: EligibleSet) -> _CommittedTree:
+    # Keyed by (root, count): the root commits to the exact sorted refs, so one tree serves every EligibleSet
+    # object of the same set.
+    key = (eligible.root, eligible.count)
+    tree = _TREES.get(key)
+    if tree is None:
+        if len(_TREES) >= _TREES_KEPT:
+            _TREES.pop(next(iter(_TREES)))
+        tree = _TREES[key] = _CommittedTree(eligible.subject_refs)
+    return tree
+
+
+def prove_present(eligible: EligibleSet, subject_ref: str) -> tuple[int, list[bytes]]:
+    """(index, inclusion proof) of a subject IN the set, against the set's root and count."""
+    i = bisect.bisect_left(eligible.subject_refs, subject_ref)
+    if i == eligible.count or eligible.subject_refs[i] != subject_ref:
+        raise ValueError(f"subject {subject_ref} is NOT in the eligible set; no inclusion proof exists")
+    return i, _tree(eligible).proof(i)
+
+
+def verify_present(subject_ref: str, index: int, proof: list[bytes], root: bytes, count: int) -> bool:
+    return merkle.verify_inclusion(merkle.leaf_hash(bytes.fromhex(subject_ref)), index, count, proof, root)
+
+
 def prove_absent(eligible: EligibleSet, subject_ref: str) -> NonMembershipProof:
     if subject_ref in eligible:
         raise ValueError(f"subject {subject_ref} IS in the eligible set; no non-membership proof exists")
     refs = eligible.subject_refs
-    leaves = commitment_leaves(refs)
     pos = bisect.bisect_left(refs, subject_ref)
-    left = (pos - 1, refs[pos - 1], merkle.inclusion_proof(leaves, pos - 1)) if pos > 0 else None
-    right = (pos, refs[pos], merkle.inclusion_proof(leaves, pos)) if pos < len(refs) else None
+    tree = _tree(eligible) if refs else None
+    left = (pos - 1, refs[pos - 1], tree.proof(pos - 1)) if pos > 0 else None
+    right = (pos, refs[pos], tree.proof(pos)) if pos < len(refs) else None
     return NonMembershipProof(subject_ref, len(refs), left, right)
 
 

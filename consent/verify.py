@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from sqlalchemy import select
 
 from consent import merkle, sigcheck
 from consent.canonical import CanonicalError
+from consent.canonical import decode as decode_json
 from consent.checkpoints import Checkpoint, verify_checkpoint_signature
 from consent.entries import EntryError, SignedEntry, parse_entry, signature_of, signed_message
 from consent.keys import public_from_b64
@@ -254,7 +254,7 @@ def _stream_pass(engine, report: VerifyReport, page: int, digests, results: _Chu
     size = 0
     idx_expected = 0
     sha256 = hashlib.sha256
-    loads = json.loads
+    loads = decode_json
     consent_kind = _CONSENT_KIND
     add = report.add
     checked = 0
@@ -276,7 +276,7 @@ def _stream_pass(engine, report: VerifyReport, page: int, digests, results: _Chu
                 error = str(exc)
         elif error is None:
             # A worker ran parse_entry on these very bytes and it passed: only the JSON is needed again.
-            entry = SignedEntry(data=data, fields=loads(data.decode("utf-8")))
+            entry = SignedEntry(data=data, fields=loads(data))
         if entry is None:
             add(idx, f"entry {idx}: {error}")
         else:

@@ -182,3 +182,9 @@ def test_ledger_serve_still_refuses_plaintext_off_loopback(tmp_path):
         result = runner.invoke(app, ["ledger", "serve", "--db", str(tmp_path / "l.db"), "--port", "0", *args])
         assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
     assert not (tmp_path / "l.db").exists(), "nothing may be opened before the refusal"
+
+
+def test_demo_refuses_unknown_data_with_the_choices():
+    result = runner.invoke(app, ["demo", "--data", "imagenet"])
+    assert result.exit_code == 2
+    assert "unknown --data 'imagenet'" in result.output and "synthetic, cdnow" in result.output

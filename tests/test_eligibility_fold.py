@@ -72,3 +72,30 @@ def test_eligible_root_is_the_rfc9162_root_of_the_sorted_refs():
     for n in (0, 1, 2, 3, 5, 8, 13, 64, 100, 1000, 4097):
         refs = sorted(f"{rng.getrandbits(128):032x}" for _ in range(n))
         assert eligible_root(refs) == merkle.root_hash([bytes.fromhex(r) for r in refs])
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 8, 9, 100, 257])
+def test_set_proofs_equal_the_plain_rfc9162_proofs_and_verify(n):
+    """Proofs from the cached node table are the RFC 9162 paths of `merkle.inclusion_proof` over the same leaves."""
+    from consent.eligibility import (EligibleSet, commitment_leaves, prove_absent, prove_present, verify_absent,
+                                     verify_present)  # fmt: skip
+
+    rng = random.Random(n)
+    refs = sorted({rng.randbytes(16).hex() for _ in range(n)})
+    root = eligible_root(refs)
+    eligible = EligibleSet("partner-a", "churn_ltv_modelling", ("behavioural",), 10, refs, root)
+    leaves = commitment_leaves(refs)
+    for i, ref in enumerate(refs):
+        index, proof = prove_present(eligible, ref)
+        assert index == i and proof == merkle.inclusion_proof(leaves, i)
+        assert verify_present(ref, index, proof, root, len(refs))
+        assert not verify_present(ref, index, proof, bytes([root[0] ^ 1]) + root[1:], len(refs))
+        assert not verify_present(refs[i - 1], index, proof, root, len(refs)) or len(refs) == 1
+        with pytest.raises(ValueError):
+            prove_absent(eligible, ref)
+    for _ in range(20):
+        outsider = rng.randbytes(16).hex()
+        proof = prove_absent(eligible, outsider)
+        assert verify_absent(proof, root, len(refs))
+        with pytest.raises(ValueError):
+            prove_present(eligible, outsider)

@@ -41,6 +41,39 @@ def test_appends_build_an_rfc9162_tree_with_valid_proofs(ledger_url):
     assert verify_ledger(ledger_url, workers=0).ok
 
 
+def test_appends_and_proofs_read_o_log_n_tree_nodes_not_the_whole_log(ledger_url, monkeypatch):
+    """The store keeps every perfect subtree's hash: a root or a proof reads O(log n) nodes, an append never
+    rereads the log (its left siblings are the frontier, in memory or read once)."""
+    from consent.store.log import LedgerStore
+
+    w = make_world(ledger_url)
+    w.partners["partner-a"].record([consent(f"u{i}") for i in range(1500)], batch=500)
+    size = w.ledger.tree_size()
+    reads = []
+    plain = LedgerStore._node
+
+    def counted(conn, level, index):
+        reads.append((level, index))
+        return plain(conn, level, index)
+
+    monkeypatch.setattr(LedgerStore, "_node", staticmethod(counted))
+    budget = 2 * size.bit_length() + 2
+    for index in (0, 777, size - 1):
+        reads.clear()
+        w.ledger.inclusion_proof(index, size)
+        assert 0 < len(reads) <= budget, f"inclusion proof read {len(reads)} nodes of a {size}-entry log"
+    reads.clear()
+    w.ledger.consistency_proof(1000, size)
+    assert 0 < len(reads) <= 2 * budget
+    reads.clear()
+    w.ledger.store.root(size)
+    assert len(reads) == bin(size).count("1")  # one frontier node per set bit of the size
+    reads.clear()
+    w.partners["partner-a"].record([consent(f"z{i}") for i in range(300)])
+    assert len(reads) <= budget, f"an append of 300 entries read {len(reads)} stored nodes"
+    assert verify_ledger(ledger_url, workers=0).ok
+
+
 def _refused(w, entries, code):
     before = w.ledger.tree_size()
     with pytest.raises(AppendError) as err:

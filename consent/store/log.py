@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from sqlalchemy import Engine, select, update
 
 from consent import merkle, sigcheck
+from consent.canonical import decode as decode_json
 from consent.checkpoints import Checkpoint, sign_checkpoint
 from consent.entries import EntryError, SignedEntry, parse_entry
 from consent.keys import Identity
@@ -210,7 +211,7 @@ class LedgerStore:
         head: list[SignedEntry | None] = []
         for data in datas[:sent]:
             try:
-                fields = json.loads(data.decode("utf-8"))
+                fields = decode_json(data)
             except Exception:
                 fields = None  # the workers' parse_entry says why
             head.append(SignedEntry(data=data, fields=fields) if type(fields) is dict else None)
