@@ -41,7 +41,7 @@ from server.job import Job, NotEnoughPartners, PreflightError
 from server.ledger_hooks import LedgerBinding
 from server.partners import connected_partners
 from server.runner import JobHooks, JobResult
-from server.world import build_world, other_purpose, record_consents
+from server.world import LedgerDir, build_world, other_purpose, record_consents
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def wants_embedded_ledger(run_config: Mapping[str, Any]) -> bool:
 
 
 @dataclass
-class EmbeddedLedger:
+class EmbeddedLedger(LedgerDir):
     """What the ServerApp set up: where it is, and the job and hooks that use it."""
 
     out: Path
@@ -69,14 +69,6 @@ class EmbeddedLedger:
     hooks: JobHooks
     binding: LedgerBinding  # the coordinator's side of the ledger (binding.ledger: the open consent.ledger.Ledger)
     continued: bool  # an existing ledger in output-dir, not a new one
-
-    @property
-    def db_path(self) -> Path:
-        return self.out / "ledger.db"
-
-    @property
-    def keys_dir(self) -> Path:
-        return self.out / "keys"
 
     def summary(self, result: JobResult) -> str:
         return (f"Cohort: job {result.job.job_id} finished: {len(result.manifests)} round manifest(s) appended to the "

@@ -43,8 +43,22 @@ class ConsentStory:
         return self.given[partner] + self.refused[partner] + self.other_purpose[partner] + self.partial[partner]
 
 
+class LedgerDir:
+    """Where a consortium's files are: ``ledger.db`` and ``keys/`` under ``self.out``."""
+
+    out: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.out / "ledger.db"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.out / "keys"
+
+
 @dataclass
-class World:
+class World(LedgerDir):
     out: Path
     ledger: Ledger
     operator: Identity
@@ -54,14 +68,6 @@ class World:
     data: PartnerData
     story: ConsentStory
     categories: tuple[str, ...] = CATEGORIES  # what the jobs use, so what the consenting users grant
-
-    @property
-    def db_path(self) -> Path:
-        return self.out / "ledger.db"
-
-    @property
-    def keys_dir(self) -> Path:
-        return self.out / "keys"
 
 
 def build_world(out: Path, data: PartnerData, purposes: Sequence[str] = (PURPOSE, OTHER_PURPOSE),

@@ -166,6 +166,28 @@ def test_coordinator_writes_jobs_and_registers_auditors_only(env):
     assert env.client("operator").register(newcomer) == newcomer.key_id  # the operator registers partners
 
 
+def test_coordinator_appends_manifests_and_rewards_that_the_auditor_can_prove(env):
+    """The entries later issues write over gRPC: a round manifest and a reward, exactly as the coordinator builds
+    them; a partner may write neither, and the auditor gets an inclusion proof for each."""
+    from test_ledger_store import _coordinator_bodies
+
+    coordinator, op = env.client("coordinator"), env.keys["coordinator"]
+    bodies = _coordinator_bodies()
+    indices = coordinator.append([make_entry(t, bodies[t], op) for t in ("round.manifest", "reward.issued")])
+    err = refused(env, "partner-a", lambda c: c.append([make_entry("reward.issued", bodies["reward.issued"],
+                                                                     env.keys["partner-a"])]), "PERMISSION_DENIED")  # fmt: skip
+    assert "reward.issued" in err.details
+    coordinator.checkpoint()  # the operator signs the log with both entries in it
+    auditor = env.client("auditor")
+    cp = auditor.latest_checkpoint()
+    assert cp.tree_size > max(indices)
+    for index in indices:
+        [(_, data)] = auditor.entries(index, index + 1)
+        assert json.loads(data)["type"] in ("round.manifest", "reward.issued")
+        proof = auditor.inclusion_proof(index, cp.tree_size)
+        assert merkle.verify_inclusion(merkle.leaf_hash(data), index, cp.tree_size, proof, cp.root)
+
+
 def test_coordinator_cannot_impersonate_a_partner(env):
     """The audit's attack: the coordinator registers a fresh key as "partner-a" and signs partner-a's consents."""
     store = env.server.ledger.store
