@@ -134,25 +134,36 @@ def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: in
 
 
 def _train(console: Console, job: Job, binding: LedgerBinding, url: str, source: PartnerData, title: str) -> JobResult:
-    """One federated job in Flower simulation, a line per round as it closes."""
+    """One federated job in Flower simulation: a progress bar over its rounds, a line per round as it closes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from server.simulation import simulate_job
+
     hooks = binding.hooks()
-
-    def on_round(manifest):
-        hooks.on_round(manifest)
-        eps = ", ".join(f"{p.partner_id} ε={p.epsilon:.2f}" for p in sorted(manifest.partners, key=lambda p: p.partner_id))
-        console.print(f"  round {manifest.server_round}/{job.rounds} closed: {eps}; manifest appended to the ledger")
-
-    wired = replace(hooks, on_round=on_round)
     console.print(f"[bold]Federated {title}[/bold] {job.job_id}: purpose {job.purpose}, categories "
                   f"{', '.join(job.categories)}, {job.rounds} rounds, target ε={job.target_epsilon:g} "
                   f"(δ={job.delta:g}), FedAvg, {len(source.partners)} partners (Flower simulation)")  # fmt: skip
-    from server.simulation import simulate_job
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("starting Ray and the partners' SuperNodes, preflight…", total=job.rounds)
 
-    with console.status("training (Flower simulation: starting Ray, then rounds)…"):
-        return simulate_job(job, len(source.partners), ledger=LinkByURL(url), data=source, hooks=wired,
-                            cpus=os.cpu_count())  # fmt: skip
+        def on_round(manifest):  # called from the ServerApp's thread as each round closes
+            hooks.on_round(manifest)
+            eps = ", ".join(f"{p.partner_id} ε={p.epsilon:.2f}" for p in sorted(manifest.partners, key=lambda p: p.partner_id))
+            progress.console.print(f"  round {manifest.server_round}/{job.rounds} closed: {eps}; manifest appended "
+                                   "to the ledger")  # fmt: skip
+            done = manifest.server_round
+            progress.update(task, completed=done, description=f"round {min(done + 1, job.rounds)}/{job.rounds}: "
+                            "partners train with DP-SGD" if done < job.rounds else "closing the job")  # fmt: skip
+
+        return simulate_job(job, len(source.partners), ledger=LinkByURL(url), data=source,
+                            hooks=replace(hooks, on_round=on_round), cpus=os.cpu_count())  # fmt: skip
 
 
 def quiet_flower() -> None:
-    for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """The demo speaks for itself: Flower's notice that ``run_simulation`` is deprecated (it is still the only
+    in-process engine, see ``server.simulation``) and Ray's accelerator tip would be most of its output."""
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    # Only changes what Ray does with GPU env vars when a task asks for 0 GPUs, which is every task here.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
