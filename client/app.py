@@ -6,8 +6,8 @@
 Messages:
 * train    -- arrays = global model, config = ``RoundConfig``; reply: arrays, metrics, manifest.
 * evaluate -- the same request; reply: metrics of the global model on the partner's local evaluation rows.
-* query    -- preflight: reply ``readiness`` (eligible count at the checkpoint, consenting count before the lifetime
-  budget cap, feature schema, epsilon spent).
+* query    -- preflight: reply ``readiness`` (eligible count at the checkpoint and, when that is 0, the consenting
+  count before the lifetime budget cap; feature schema, epsilon spent).
 
 All three use the job's eligible set as first asked in the job (``client.job_eligibility``).
 """
@@ -123,11 +123,14 @@ def readiness(partner: Partner, rows: EligibleRows, job: RoundConfig, context: C
     """Preflight answer. Also calibrates (and keeps) this partner's noise, so round 1 starts at once."""
     train_rows = int(np.asarray(rows.train.X).shape[0])
     plan = noise_plan(context.state, train_rows, job) if train_rows else None
+    # Only a zero needs explaining (nobody consents, or all are over budget): a second fold of the log otherwise.
+    explain = {} if rows.eligible.count else {
+        "consenting-count": consenting_count(partner.ledger, partner.partner_id, job, rows.eligible)}  # fmt: skip
     return ConfigRecord(
         {
+            **explain,
             "partner-id": partner.partner_id,
             "eligible-count": rows.eligible.count,
-            "consenting-count": consenting_count(partner.ledger, partner.partner_id, job, rows.eligible),
             "eligible-root": rows.eligible.root,
             "train-rows": train_rows,
             "noise-multiplier": plan.noise_multiplier if plan else 0.0,

@@ -73,18 +73,15 @@ def ledger_serve(
     (--tls-cert and --tls-key) or an explicit --insecure."""
     from rich.markup import escape
 
-    from consent.service.server import PLAINTEXT_WARNING, is_loopback, run_forever
+    from consent.service.server import choose_transport, run_forever
 
-    if bool(tls_cert) != bool(tls_key):
-        console.print("[red]--tls-cert and --tls-key go together[/red]")
+    try:
+        tls, warning = choose_transport(host, tls_cert, tls_key, insecure)
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(code=2)
-    tls = None if insecure or not tls_cert else (tls_cert, tls_key)
-    if tls is None and not insecure:
-        if not is_loopback(host):
-            console.print(f"[red]refusing to serve plaintext on {escape(host)}[/red]: pass --tls-cert and --tls-key, "
-                          "or --insecure")  # fmt: skip
-            raise typer.Exit(code=2)
-        typer.echo(PLAINTEXT_WARNING.format(host=host), err=True)
+    if warning:
+        typer.echo(warning, err=True)
     run_forever(db_url=db, port=port, keys_dir=str(keys), host=host, tls=tls)
 
 

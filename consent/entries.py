@@ -226,9 +226,7 @@ def _match(value, pattern: re.Pattern) -> bool:
 
 
 def _hex(body: dict, name: str, pattern: re.Pattern, what: str) -> None:
-    value = body.get(name)
-    if not _match(value, pattern):
-        raise EntryError(f"{name} must be {what}, got {_short(value)}")
+    _str(body, name, pattern, what)
 
 
 def _str(body: dict, name: str, pattern: re.Pattern, what: str, optional: bool = False) -> None:

@@ -68,16 +68,9 @@ class LedgerBinding:
         report = preflight(grid, job, checkpoint)
         job = report.job
         problems, members = [], {}
-        for partner in report.ready:
+        for partner in report.ready:  # each has eligible subjects: preflight refused the job otherwise, saying why
             eligible = members[partner.partner_id] = self.eligible(job, partner.partner_id)
-            consenting = self.eligible(job, partner.partner_id, capped=False).count
-            if eligible.count == 0:
-                why = "no subject consents to this purpose and these categories"
-                if consenting:
-                    why = (f"all {consenting} consenting subjects would exceed their lifetime ε budget "
-                           f"({self.lifetime_epsilon:g})")  # fmt: skip
-                problems.append(f"{partner.partner_id}: {why}")
-            elif eligible.count != partner.eligible_count:
+            if eligible.count != partner.eligible_count:
                 problems.append(f"{partner.partner_id}: reports {partner.eligible_count} eligible subjects, the "
                                 f"ledger {eligible.count}")  # fmt: skip
         if problems:

@@ -1,7 +1,7 @@
 """Preflight, before round 1: fix the ledger checkpoint, then ask every partner whether it can take part.
 
-Each connected partner answers a ``query`` message (``client.app``) with its eligible count at the checkpoint (and
-how many subjects consent before the lifetime budget is applied), its feature schema and the epsilon it has already
+Each connected partner answers a ``query`` message (``client.app``) with its eligible count at the checkpoint (when
+it is 0, also how many subjects consent before the lifetime budget is applied), its feature schema and the epsilon it has already
 spent in this job. A partner that answers with no eligible subject refuses the whole job (``PreflightError`` naming
 it and saying whether nobody consents or every consenting subject is over budget): the consortium asked for that
 partner, and quietly training without it would change what the job is. A partner is ready when it has eligible

@@ -188,3 +188,16 @@ def test_demo_refuses_unknown_data_with_the_choices():
     result = runner.invoke(app, ["demo", "--data", "imagenet"])
     assert result.exit_code == 2
     assert "unknown --data 'imagenet'" in result.output and "synthetic, cdnow" in result.output
+
+
+def test_both_serve_entry_points_choose_the_transport_by_one_rule():
+    from consent.service.server import choose_transport
+
+    assert choose_transport("0.0.0.0", "c.pem", "k.pem", insecure=True) == (("c.pem", "k.pem"), None)  # certs win
+    assert choose_transport("0.0.0.0", None, None, insecure=True) == (None, None)
+    tls, warning = choose_transport("::1", None, None, insecure=False)
+    assert tls is None and "WITHOUT TLS on loopback ::1" in warning
+    for host, cert, key, words in (("10.0.0.5", None, None, "refusing to serve plaintext on 10.0.0.5"),
+                                   ("127.0.0.1", "c.pem", None, "go together")):  # fmt: skip
+        with pytest.raises(ValueError, match=words):
+            choose_transport(host, cert, key, insecure=False)

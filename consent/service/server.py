@@ -105,12 +105,23 @@ PLAINTEXT_WARNING = ("warning: serving the ledger WITHOUT TLS on loopback {host}
                      "--tls-cert and --tls-key to encrypt")  # fmt: skip
 
 
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and 'localhost': the only addresses plaintext is served on without --insecure."""
-    return _is_loopback(host)
+def choose_transport(host: str, tls_cert, tls_key, insecure: bool):
+    """How `cohort ledger serve` and `python -m consent.service.server` serve: (tls pair or None, a warning to print
+    or None); ValueError naming the problem. Certificates, when given, are always used; plaintext needs a loopback
+    host (with a warning) or an explicit --insecure."""
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if tls_cert:
+        return (tls_cert, tls_key), None
+    if insecure:
+        return None, None
+    if not _is_loopback(host):
+        raise ValueError(f"refusing to serve plaintext on {host}: pass --tls-cert and --tls-key, or --insecure")
+    return None, PLAINTEXT_WARNING.format(host=host)
 
 
 def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and 'localhost': the only addresses plaintext is served on without --insecure."""
     if host == "localhost":
         return True
     try:
@@ -209,14 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--insecure", action="store_true",
                    help="serve without TLS on any host (plaintext on a loopback host needs no flag, with a warning)")
     args = p.parse_args(argv)
-    if bool(args.tls_cert) != bool(args.tls_key):
-        p.error("--tls-cert and --tls-key go together")
-    if not args.insecure and not args.tls_cert:
-        if not _is_loopback(args.host):
-            p.error(f"refusing to serve plaintext on {args.host}: pass --tls-cert and --tls-key, or --insecure")
-        print(PLAINTEXT_WARNING.format(host=args.host), file=sys.stderr, flush=True)
+    try:
+        tls, warning = choose_transport(args.host, args.tls_cert, args.tls_key, args.insecure)
+    except ValueError as exc:
+        p.error(str(exc))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_forever(args.db, args.port, args.keys, args.host, (args.tls_cert, args.tls_key) if args.tls_cert else None)
+    run_forever(args.db, args.port, args.keys, args.host, tls)
     return 0
 
 
