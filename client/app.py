@@ -115,8 +115,27 @@ def evaluation_metrics(model: ChurnLTVNet, rows: EligibleRows) -> MetricRecord:
             metrics = evaluate_predictions(table.churn, churn_prob, table.ltv, ltv_pred)
         except ValueError:
             metrics = {}
+        if metrics:
+            metrics |= calibrated_metrics(model, rows, ltv_pred)
     finite = {k: float(v) for k, v in metrics.items() if k != "n" and np.isfinite(v)}
     return MetricRecord({NUM_EXAMPLES: n, **finite})
+
+
+def calibrated_metrics(model: ChurnLTVNet, rows: EligibleRows, ltv_pred) -> dict[str, float]:
+    """The level metrics of the model as this partner would serve it: spend mapped by a calibration fitted on the
+    partner's own training rows (``models.calibration``; it stays here). Empty when there are too few rows."""
+    from models.calibration import DEFAULT_BINS, SpendCalibration
+    from models.metrics import decile_mape
+
+    train = rows.train
+    if int(np.asarray(train.X).shape[0]) < DEFAULT_BINS:
+        return {}
+    served = SpendCalibration.fit(predict(model, train.X)[1], train.ltv).apply(ltv_pred)
+    total = float(np.sum(rows.evaluation.ltv))
+    out = {"decile_mape_calibrated": decile_mape(rows.evaluation.ltv, served)}
+    if total > 0:
+        out["ltv_ratio_calibrated"] = float(np.sum(served)) / total
+    return out
 
 
 def readiness(partner: Partner, rows: EligibleRows, job: RoundConfig, context: Context) -> ConfigRecord:

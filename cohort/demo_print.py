@@ -58,6 +58,9 @@ def print_comparison(console: Console, rows: list[dict], job: Job) -> None:
         t.add_row(r["partner"], r["model"], str(int(r["n"])), f"{r['churn_auc']:.3f}", f"{r['ltv_gini']:.3f}",
                   f"{r['decile_mape']:.3f}")  # fmt: skip
     console.print(t)
+    console.print("'calibrated': the federated model as each partner serves it, its spend predictions mapped by a "
+                  "monotone calibration the partner fits on its own training rows (same ranking, its own dollar "
+                  "level); the calibration never leaves the partner, so it spends none of the shared model's ε.")
 
 
 def print_rights(console: Console, audit: AuditReport, rights: RightsEvidence, story) -> None:

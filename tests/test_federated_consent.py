@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 
 import pytest
@@ -15,6 +16,7 @@ from client.consent_link import open_link
 from client.data import SyntheticPlatforms, _is_evaluation
 from client.manifest import data_hash
 from client.data import load_eligible_rows
+from cohort.compare import CALIBRATED
 from cohort.demo import run_demo
 from cohort.demo_world import CATEGORIES, PURPOSE
 from consent.audit import audit_rounds
@@ -36,8 +38,22 @@ def test_demo_runs_audits_and_verifies(demo):
     assert len(demo.result.manifests) == 2 and len(demo.first.manifests) == 2
     assert demo.result.job.tree_size > demo.first.job.tree_size  # job 2 is fixed to a later checkpoint
     assert all(0 < eps <= 3.0 + 1e-6 for eps in demo.result.epsilon_by_partner.values())
-    assert {r["model"] for r in demo.comparison} == {"federated, DP", "local only, DP", "centralized, no DP"}
+    assert {r["model"] for r in demo.comparison} == {"federated, DP", CALIBRATED, "local only, DP",
+                                                     "centralized, no DP"}
     assert verify_ledger(str(demo.out / "ledger.db"), workers=0).ok
+
+
+def test_partner_calibration_keeps_the_ranking_and_fixes_the_level(demo):
+    """The served model (federated + the partner's own spend calibration) ranks users exactly as the published one
+    does; only the dollar level changes, towards the partner's own spend."""
+    by = {(r["partner"], r["model"]): r for r in demo.comparison}
+    for partner in {r["partner"] for r in demo.comparison}:
+        raw, served = by[(partner, "federated, DP")], by[(partner, CALIBRATED)]
+        assert served["ltv_gini"] == pytest.approx(raw["ltv_gini"], abs=1e-9)
+        assert served["churn_auc"] == raw["churn_auc"]
+    raw_off = [abs(math.log(by[(p, "federated, DP")]["ltv_ratio"])) for p in {r["partner"] for r in demo.comparison}]
+    served_off = [abs(math.log(by[(p, CALIBRATED)]["ltv_ratio"])) for p in {r["partner"] for r in demo.comparison}]
+    assert sum(served_off) < sum(raw_off)
 
 
 def test_only_consenting_subjects_reach_training(demo):

@@ -121,6 +121,8 @@ def test_each_partner_keeps_its_own_round_metrics_and_they_average_to_flowers(cl
         assert set(evaluation) == set(DATA.partners)
         shared = set.intersection(*(set(m) for m in evaluation.values())) - {"num-examples"}
         assert shared, "no evaluation metric reported by every partner"
+        # each partner also reports the level of the model as it would serve it (its own spend calibration)
+        assert {"decile_mape_calibrated", "ltv_ratio_calibrated"} <= shared
         for name in shared:
             n = [m["num-examples"] for m in evaluation.values()]
             mean = sum(m[name] * w for m, w in zip(evaluation.values(), n)) / sum(n)
