@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_federated_cdnow import load_average, machine, update_subsection  # noqa: E402
 
 TARGET_S = 120.0
-ROW = re.compile(r"│\s*(\S+)\s*│\s*(federated, DP|local only, DP|centralized, no DP)\s*│\s*(\d+)\s*│\s*([\d.]+)\s*│"
+ROW = re.compile(r"│\s*(\S+)\s*│\s*(federated, DP, calibrated|federated, DP|local only, DP|centralized, no DP)\s*│\s*(\d+)\s*│\s*([\d.]+)\s*│"
                  r"\s*([-\d.]+)\s*│\s*([\d.]+)\s*│")
 
 
