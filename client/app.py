@@ -41,14 +41,17 @@ from models.nets import ChurnLTVNet, get_weights, set_weights, weight_names
 from models.train import predict
 
 
-def make_client_app(ledger: Ledger | None = None, data: PartnerData | None = None) -> ClientApp:
-    """A ClientApp bound to ``ledger`` and ``data`` (each ``None`` = take it from the node / run config)."""
+def make_client_app(
+    ledger: Ledger | None = None, data: PartnerData | None = None, state_root: str | None = None
+) -> ClientApp:
+    """A ClientApp bound to ``ledger`` and ``data`` (each ``None`` = take it from the node / run config);
+    ``state_root``: where partners without a ``state-dir`` node config keep their privacy spend."""
     client_app = ClientApp()
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         job = RoundConfig.from_record(msg.content[CONFIG])
-        partner = resolve_partner(context, ledger, data, job)
+        partner = resolve_partner(context, ledger, data, job, state_root)
         rows = job_rows(partner, job, context)
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
         spent = train_privately(model, rows.train, job, context.state, partner.state_dir)
@@ -58,7 +61,7 @@ def make_client_app(ledger: Ledger | None = None, data: PartnerData | None = Non
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         job = RoundConfig.from_record(msg.content[CONFIG])
-        partner = resolve_partner(context, ledger, data, job)
+        partner = resolve_partner(context, ledger, data, job, state_root)
         rows = job_rows(partner, job, context)
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
         return reply(msg, {METRICS: evaluation_metrics(model, rows)})
@@ -66,7 +69,7 @@ def make_client_app(ledger: Ledger | None = None, data: PartnerData | None = Non
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:
         job = RoundConfig.from_record(msg.content[CONFIG])
-        partner = resolve_partner(context, ledger, data, job)
+        partner = resolve_partner(context, ledger, data, job, state_root)
         rows = job_rows(partner, job, context)
         return reply(msg, {READINESS: readiness(partner, rows, job, context)})
 

@@ -13,6 +13,7 @@ Run config keys: ``ledger-url``, ``partners`` (comma-separated), ``users-per-pla
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from flwr.app import Context
 
@@ -30,14 +31,25 @@ class Partner:
 
 
 def resolve_partner(
-    context: Context, ledger: Ledger | None = None, data: PartnerData | None = None, job: RoundConfig | None = None
+    context: Context,
+    ledger: Ledger | None = None,
+    data: PartnerData | None = None,
+    job: RoundConfig | None = None,
+    state_root: str | None = None,
 ) -> Partner:
+    """The partner this node plays. ``state_root`` (given by ``server.simulation``): partners without a
+    ``state-dir`` node config keep their spend in ``<state_root>/<partner_id>``."""
     data = data if data is not None else data_from_config(context)
+    partner_id = partner_id_of(context, data)
+    state_dir = str(context.node_config.get("state-dir", "")) or None
+    if state_dir is None and state_root:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in partner_id)
+        state_dir = str(Path(state_root) / safe)
     return Partner(
-        partner_id=partner_id_of(context, data),
+        partner_id=partner_id,
         ledger=ledger or ledger_from_config(context, job),
         data=data,
-        state_dir=str(context.node_config.get("state-dir", "")) or None,
+        state_dir=state_dir,
     )
 
 

@@ -9,8 +9,11 @@ partner past the target is refused before any row is touched.
 The noise seed is drawn from the OS per round: a seed the server could derive would let it subtract the noise.
 
 In Flower's simulation a node whose reply is late can have its next message picked up, with the node's previous
-``Context``, by another actor before the late one finishes; the late round's steps are then missing from
-``Context.state`` (the reported epsilon is then too low). Deployment SuperNodes handle one message at a time.
+``Context``, by another actor before the late one finishes; from ``Context.state`` alone the late round's steps
+would be missing (the reported epsilon too low, the budget check too lenient). So with a state dir the whole
+read-train-write of a round holds an exclusive lock on ``<state_dir>/<job_id>.privacy.lock`` and the spend file is
+the truth: the second actor waits for the late round, then counts it (``server.simulation`` gives every simulated
+partner a state dir for this). Deployment SuperNodes handle one message at a time.
 
 A SuperNode's ``Context.state`` lives as long as its process; with ``state_dir`` (the partner's ``state-dir`` node
 config) the spend is also written to ``<state_dir>/<job_id>.privacy.json`` and read back after a restart, so a
@@ -19,10 +22,12 @@ partner that crashed and rejoined does not start counting from zero.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +137,11 @@ def train_privately(
     model, rows: FeatureRows, job: RoundConfig, state: RecordDict, state_dir: str | None = None
 ) -> PrivateRound:
     """Train ``model`` in place on ``rows`` with DP-SGD; refuse if the job's budget would be exceeded."""
+    with _spend_lock(state_dir, job.job_id):
+        return _train_privately(model, rows, job, state, state_dir)
+
+
+def _train_privately(model, rows: FeatureRows, job: RoundConfig, state: RecordDict, state_dir: str | None):
     _restore(state, job.job_id, state_dir)
     plan = noise_plan(state, int(rows.X.shape[0]), job)
     history = _history(state, job.job_id)
@@ -212,6 +222,19 @@ def _save_history(state: RecordDict, job_id: str, history: list[tuple[float, flo
 def _spend_file(state_dir: str, job_id: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job_id)
     return Path(state_dir) / f"{safe}.privacy.json"
+
+
+@contextmanager
+def _spend_lock(state_dir: str | None, job_id: str):
+    """Exclusive per (partner, job) while a round reads, spends and writes the budget (no-op without a state dir)."""
+    if not state_dir:
+        yield
+        return
+    path = _spend_file(state_dir, job_id).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes, also if training raises
+        yield
 
 
 def _restore(state: RecordDict, job_id: str, state_dir: str | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import warnings
 from dataclasses import replace
 
@@ -44,12 +45,14 @@ def simulate_job(
     if job.expected_partners == 0:
         job = replace(job, expected_partners=num_partners)
     server_app = make_server_app(job=job, hooks=hooks, results=results)
-    client_app = client_app or make_client_app(ledger=ledger, data=data)
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus or os.cpu_count() or 1, "num_gpus": 0, "include_dashboard": False},
     }
-    with warnings.catch_warnings():
+    # Each simulated partner keeps its privacy spend in a file as well as in Context.state: a late actor and the next
+    # round's actor of one partner then see each other's steps (client.privacy). Gone with the run.
+    with tempfile.TemporaryDirectory(prefix="cohort-sim-spend-") as spend_dir, warnings.catch_warnings():
+        client_app = client_app or make_client_app(ledger=ledger, data=data, state_root=spend_dir)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         run_simulation(
             server_app=server_app,

@@ -141,13 +141,13 @@ FAULTS = {
 
 
 @pytest.fixture(scope="module")
-def faulty_run(ledger):
+def faulty_run(ledger, tmp_path_factory):
     captured = Captured()
     logging.getLogger("server").addHandler(captured)
     clock = RoundClock()
     try:
         job = small_job("faulty", rounds=5, strategy="fedmedian", round_timeout_s=TIMEOUT_S, target_epsilon=5.0)
-        app = faulty_client_app(ledger, DATA, FAULTS)
+        app = faulty_client_app(ledger, DATA, FAULTS, state_root=str(tmp_path_factory.mktemp("spend")))
         result = simulate_job(job, 3, client_app=app, hooks=JobHooks(on_round=clock))
     finally:
         logging.getLogger("server").removeHandler(captured)

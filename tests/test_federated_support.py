@@ -79,11 +79,13 @@ def open_fake_ledger(url: str) -> FakeLedger:
     return FakeLedger(tree_size=state["tree_size"], refs=state["refs"], consenting=state["consenting"])
 
 
-def faulty_client_app(ledger: Ledger, data, faults: dict[tuple[int, int], str]) -> ClientApp:
+def faulty_client_app(
+    ledger: Ledger, data, faults: dict[tuple[int, int], str], state_root: str | None = None
+) -> ClientApp:
     """The real ClientApp, except that partition ``p`` in round ``r`` misbehaves as ``faults[(p, r)]`` says:
     ``nan`` / ``inf`` (poisoned arrays), ``shape`` (a layer of the wrong shape), ``crash`` (raises),
-    ``slow:<seconds>`` (answers after that long)."""
-    real = make_client_app(ledger=ledger, data=data)
+    ``slow:<seconds>`` (answers after that long). ``state_root`` as for ``make_client_app``."""
+    real = make_client_app(ledger=ledger, data=data, state_root=state_root)
     app = ClientApp()
 
     @app.train()

@@ -166,6 +166,37 @@ def test_partner_refuses_a_round_beyond_the_job_budget_and_keeps_its_spend(tmp_p
         train_privately(ChurnLTVNet(rows.X.shape[1]), rows, the_job, RecordDict(), state_dir)
 
 
+def test_a_late_round_and_the_next_one_of_one_partner_both_count(tmp_path, ledger):
+    """Simulation can run a partner's late round and its next round at once, each actor with its own stale
+    Context.state: the state dir's lock makes the second wait, and the spend it reports includes the first."""
+    import threading
+
+    from client.data import load_eligible_rows
+    from client.privacy import epsilon_of
+    from models.nets import ChurnLTVNet
+
+    two = job(rounds=2)
+    rows = load_eligible_rows(ledger, DATA, "loyal", two.round_config(1)).train
+    state_dir, start, results = str(tmp_path / "spend"), threading.Barrier(2), {}
+
+    def actor(server_round: int) -> None:
+        start.wait()
+        model = ChurnLTVNet(rows.X.shape[1])
+        results[server_round] = train_privately(model, rows, two.round_config(server_round), RecordDict(), state_dir)
+
+    threads = [threading.Thread(target=actor, args=(r,)) for r in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.rounds_trained for r in results.values()) == [1, 2]
+    second = max(results.values(), key=lambda r: r.rounds_trained)
+    plan = second.plan
+    both = epsilon_of([(plan.noise_multiplier, plan.sample_rate, 2 * plan.steps_per_round)], two.round_config(2))
+    assert second.epsilon == pytest.approx(both, rel=1e-6)
+    assert spent_so_far(RecordDict(), two.round_config(2), state_dir) == pytest.approx(both, rel=1e-6)
+
+
 def test_an_inconsistent_eligible_set_from_the_ledger_is_rejected(ledger):
     class LyingLedger:
         def eligible_subjects(self, *args):
