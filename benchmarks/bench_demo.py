@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_federated_cdnow import load_average, machine, update_subsection  # noqa: E402
 
 TARGET_S = 120.0
-ROW = re.compile(r"│\s*(\S+)\s*│\s*(federated, DP, calibrated|federated, DP|local only, DP|centralized, no DP)\s*│\s*(\d+)\s*│\s*([\d.]+)\s*│"
-                 r"\s*([-\d.]+)\s*│\s*([\d.]+)\s*│")
+MODELS = "federated, DP, calibrated|federated, DP|local only, DP|centralized, no DP"
+ROW = re.compile(rf"│\s*(\S+)\s*│\s*({MODELS})\s*│\s*(\d+)\s*│\s*([\d.]+)\s*│\s*([-\d.]+)\s*│\s*([\d.]+)\s*│")
 
 
 def cohort_command() -> list[str]:

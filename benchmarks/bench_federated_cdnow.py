@@ -191,13 +191,6 @@ def run(args) -> dict:
         fed = ChurnLTVNet(n_features, hidden=job.hidden)
         set_weights(fed, record_to_arrays(result.arrays))
         keep(FED, test, fed)
-        for k, p in enumerate(data.partners):
-            # each partner fits the level correction on its own training rows and applies it to its own customers
-            r = data.features(p, CDNOW_CATEGORIES)
-            calibration = SpendCalibration.fit(predict(fed, r.X)[1], r.ltv)
-            mine = test & (partner_of_row == k)
-            c, v = predict(fed, X[mine])
-            scores[FED_CAL][0][mine], scores[FED_CAL][1][mine] = c, calibration.apply(v)
 
         tr = train_mask
         model, _ = fit_mlp(X[tr], churn[tr], ltv[tr], quality.mlp, None, seed=args.seed + fold)
@@ -209,6 +202,10 @@ def run(args) -> dict:
         for k, p in enumerate(data.partners):
             r = data.features(p, CDNOW_CATEGORIES)
             mine = test & (partner_of_row == k)
+            # the partner fits the level correction on its own training rows and applies it to its own customers
+            calibration = SpendCalibration.fit(predict(fed, r.X)[1], r.ltv)
+            scores[FED_CAL][0][mine] = scores[FED][0][mine]
+            scores[FED_CAL][1][mine] = calibration.apply(scores[FED][1][mine])
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(job.seed)  # the federated job's initial weights
                 model = ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)

@@ -11,13 +11,13 @@ with a state dir, in ``<state_dir>/<job_id>.eligible.json``, so a restarted Supe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from flwr.app import ConfigRecord, RecordDict
 
 from client.eligibility import EligibilityError, EligibleSet, Ledger, eligible_subjects
 from client.protocol import RoundConfig
+from client.state_files import job_file, write_json
 
 STATE_KEY = "eligible-set"
 
@@ -47,8 +47,7 @@ def _checked(joined: str, root: str, key: str) -> EligibleSet:
 
 
 def _path(state_dir: str, job_id: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job_id)
-    return Path(state_dir) / f"{safe}.eligible.json"
+    return job_file(state_dir, job_id, "eligible")
 
 
 def _read(state_dir: str | None, job_id: str, key: str) -> EligibleSet | None:
@@ -63,8 +62,5 @@ def _read(state_dir: str | None, job_id: str, key: str) -> EligibleSet | None:
 def _write(state_dir: str | None, job_id: str, key: str, eligible: EligibleSet) -> None:
     if not state_dir:
         return
-    path = _path(state_dir, job_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "subject_refs": list(eligible.subject_refs), "root": eligible.root}))
-    os.replace(tmp, path)
+    kept = {"key": key, "subject_refs": list(eligible.subject_refs), "root": eligible.root}
+    write_json(_path(state_dir, job_id), kept)

@@ -20,6 +20,7 @@ from flwr.app import Context
 from client.data import DEFAULT_PLATFORMS, PartnerData, SyntheticPlatforms
 from client.eligibility import Ledger, open_ledger
 from client.protocol import RoundConfig
+from client.state_files import safe_name
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,7 @@ def resolve_partner(
     partner_id = partner_id_of(context, data)
     state_dir = str(context.node_config.get("state-dir", "")) or None
     if state_dir is None and state_root:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in partner_id)
-        state_dir = str(Path(state_root) / safe)
+        state_dir = str(Path(state_root) / safe_name(partner_id))
     return Partner(
         partner_id=partner_id,
         ledger=ledger or ledger_from_config(context, job),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import os
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from client.data import FeatureRows
 from client.protocol import RoundConfig
+from client.state_files import job_file, write_json
 from models.train import DPConfig, TrainReport, make_accountant, train
 
 STATE_KEY = "privacy"
@@ -220,8 +220,7 @@ def _save_history(state: RecordDict, job_id: str, history: list[tuple[float, flo
 
 
 def _spend_file(state_dir: str, job_id: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job_id)
-    return Path(state_dir) / f"{safe}.privacy.json"
+    return job_file(state_dir, job_id, "privacy")
 
 
 @contextmanager
@@ -251,8 +250,4 @@ def _restore(state: RecordDict, job_id: str, state_dir: str | None) -> None:
 def _persist(state: RecordDict, job_id: str, state_dir: str | None) -> None:
     if not state_dir:
         return
-    path = _spend_file(state_dir, job_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(_job_record(state, job_id))))
-    os.replace(tmp, path)  # a crash mid-write must not lose what was already spent
+    write_json(_spend_file(state_dir, job_id), dict(_job_record(state, job_id)))  # a crash keeps the old spend

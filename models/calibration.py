@@ -31,7 +31,6 @@ class SpendCalibration:
 
     log_pred: np.ndarray
     log_true: np.ndarray
-    n_rows: int
 
     @classmethod
     def fit(cls, pred, true, bins: int = DEFAULT_BINS) -> SpendCalibration:
@@ -52,7 +51,7 @@ class SpendCalibration:
         log_t = np.log(np.maximum(_pool_adjacent_violators(t, w), _MIN_SPEND))
         log_m = _strictly_increasing(log_m)
         log_t = _strictly_increasing(log_t)
-        return cls(log_pred=log_m, log_true=log_t, n_rows=len(pred))
+        return cls(log_pred=log_m, log_true=log_t)
 
     def apply(self, pred) -> np.ndarray:
         pred = np.asarray(pred, dtype=np.float64)
