@@ -24,7 +24,7 @@ Protocol (same features and split as ``models.quality``'s CDNOW protocol):
   the same σ), and local-only non-private (``models.quality`` MLP settings).
 
     python benchmarks/bench_federated_cdnow.py [--by cohort] [--folds 0|all] [--rounds 30] [--local-epochs 2]
-        [--batch-size 1024] [--lr 0.01] [--max-grad-norm 30] [--epsilon 3] [--doc]
+        [--batch-size 1024] [--lr 0.01] [--lr-schedule cosine|constant] [--max-grad-norm 30] [--epsilon 3] [--doc]
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def run(args) -> dict:
         job = Job(job_id=f"cdnow-{args.by}-f{fold}-{int(time.time())}", purpose=PURPOSE, categories=CDNOW_CATEGORIES,
                   rounds=args.rounds, target_epsilon=args.epsilon, delta=1e-5, min_partners=len(data.partners),
                   round_timeout_s=300.0, strategy=args.strategy, local_epochs=args.local_epochs,
-                  batch_size=args.batch_size, lr=args.lr, max_grad_norm=args.max_grad_norm, eval_fraction=0.0,
+                  batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, max_grad_norm=args.max_grad_norm,
+                  eval_fraction=0.0,
                   evaluate_every=0, seed=args.seed, ltv_loc_init=args.ltv_loc_init)  # fmt: skip
         binding = LedgerBinding(world.ledger, world.coordinator, lifetime_epsilon=None, day=day)
         link = LinkByURL(link_url(str(world.db_path), str(world.keys_dir), None, job.target_epsilon, day))
@@ -210,8 +211,8 @@ def run(args) -> dict:
                 torch.manual_seed(job.seed)  # the federated job's initial weights
                 model = ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)
             report = train(model, r.X, r.churn, r.ltv, epochs=job.rounds * job.local_epochs,
-                           batch_size=job.batch_size, lr=job.lr, seed=args.seed + 1 + fold,
-                           dp=DPConfig(target_epsilon=job.target_epsilon, delta=job.delta,
+                           batch_size=job.batch_size, lr=job.lr, lr_decay=job.lr_schedule == "cosine",
+                           seed=args.seed + 1 + fold, dp=DPConfig(target_epsilon=job.target_epsilon, delta=job.delta,
                                        max_grad_norm=job.max_grad_norm))  # fmt: skip
             local_sigma[p] = report.noise_multiplier
             keep(LOCAL_DP, mine, model)
@@ -251,6 +252,7 @@ def report(res: dict) -> str:
     lines = [
         f"Command: `python benchmarks/bench_federated_cdnow.py --by {a['by']} --folds {a['folds']} --rounds "
         f"{a['rounds']} --local-epochs {a['local_epochs']} --batch-size {a['batch_size']} --lr {a['lr']:g} "
+        f"--lr-schedule {a['lr_schedule']} "
         f"--max-grad-norm {a['max_grad_norm']:g} --epsilon {a['epsilon']:g}`",
         "",
         f"Data: CDNOW, 23,570 customers, 39/39-week calibration/holdout, basic + transaction features; {protocol}. "
@@ -259,7 +261,7 @@ def report(res: dict) -> str:
         "fold). Real consent ledger (SQLite, every customer consenting, job fixed to a signed checkpoint, one "
         "signed manifest per round), `simulate_job` (Flower simulation, Ray, 1 CPU per partner), "
         f"{job.strategy}, {job.rounds} rounds × {job.local_epochs} local epochs, batch {job.batch_size} (Poisson), "
-        f"Adam lr {job.lr:g} (cosine-decayed within each round), clip C={job.max_grad_norm:g}, ε={a['epsilon']:g} "
+        f"Adam lr {job.lr:g} ({'cosine-decayed within each round' if job.lr_schedule == 'cosine' else 'constant'}), clip C={job.max_grad_norm:g}, ε={a['epsilon']:g} "
         "per partner (δ=1e-5, RDP), σ " + ", ".join(f"{p} {s:.2f}" for p, s in sorted(res["sigma"].items()))
         + "; ε spent " + ", ".join(f"{p} {e:.2f}" for p, e in sorted(res["epsilon"].items())) + ".",
         f"Baselines (`models.train` directly, same rows): centralized = `models.quality` settings (non-private: "
@@ -303,6 +305,8 @@ def main(argv=None) -> int:
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                        help="within each round's local training (the local-only DP baseline uses the same)")
     parser.add_argument("--max-grad-norm", type=float, default=30.0)
     parser.add_argument("--epsilon", type=float, default=3.0)
     parser.add_argument("--strategy", default="fedavg")

@@ -75,8 +75,13 @@ def link_url(db: str, keys_dir: str, lifetime_epsilon: float | None = None, job_
     return f"py:client.consent_link:open_link?{query}"
 
 
+def link_query(url: str) -> dict[str, str]:
+    """The ``key=value`` settings of a ledger URL (the part after ``?``)."""
+    return {k: v[0] for k, v in parse_qs(url.split("?", 1)[1] if "?" in url else "").items()}
+
+
 def open_link(url: str) -> ConsentLink:
-    query = {k: v[0] for k, v in parse_qs(url.split("?", 1)[1] if "?" in url else "").items()}
+    query = link_query(url)
     if "keys" not in query or ("db" not in query and "grpc" not in query):
         raise ValueError(f"ledger URL {url!r} needs keys=... and either db=... or grpc=host:port")
     if "grpc" in query:

@@ -7,6 +7,10 @@ configured, see ``server.embedded``; simulated SuperNodes share the ServerApp's 
 
 Node config keys: ``partner-id`` (else ``partition-id`` indexes the partner list), ``ledger-url``, ``state-dir``
 (where the partner keeps its privacy spend across SuperNode restarts).
+
+A partner with no ``state-dir`` that takes the ServerApp's embedded ledger file (a bare ``flwr run .``: a local
+simulation sharing the ServerApp's filesystem) keeps its spend in ``<ledger dir>/partner-state/<partner_id>``: in
+simulation a late reply's steps are only counted when the spend is in a file (``client.privacy``).
 Run config keys: ``ledger-url``, ``partners`` (comma-separated), ``users-per-platform``, ``data-seed``.
 """
 
@@ -17,10 +21,14 @@ from pathlib import Path
 
 from flwr.app import Context
 
+from client.consent_link import link_query
 from client.data import DEFAULT_PLATFORMS, PartnerData, SyntheticPlatforms
 from client.eligibility import Ledger, open_ledger
 from client.protocol import RoundConfig
 from client.state_files import safe_name
+
+
+PARTNER_STATE_DIR = "partner-state"
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ def resolve_partner(
     data = data if data is not None else data_from_config(context)
     partner_id = partner_id_of(context, data)
     state_dir = str(context.node_config.get("state-dir", "")) or None
+    state_root = state_root or embedded_state_root(context, job)
     if state_dir is None and state_root:
         state_dir = str(Path(state_root) / safe_name(partner_id))
     return Partner(
@@ -70,6 +79,14 @@ def ledger_from_config(context: Context, job: RoundConfig | None = None) -> Ledg
     if not url and job is not None:
         url = job.ledger_link
     return open_ledger(str(url))
+
+
+def embedded_state_root(context: Context, job: RoundConfig | None) -> str | None:
+    """``<ledger dir>/partner-state`` when this node opens the ledger file the server announced, else ``None``."""
+    if job is None or context.node_config.get("ledger-url") or context.run_config.get("ledger-url"):
+        return None
+    db = link_query(job.ledger_link).get("db", "")
+    return str(Path(db).parent / PARTNER_STATE_DIR) if db else None
 
 
 def data_from_config(context: Context) -> PartnerData:

@@ -34,7 +34,7 @@ from flwr.app import ConfigRecord, RecordDict
 from opacus.accountants.utils import get_noise_multiplier
 
 from client.data import FeatureRows
-from client.protocol import RoundConfig
+from client.protocol import LR_SCHEDULES, RoundConfig
 from client.state_files import job_file, write_json
 from models.train import DPConfig, TrainReport, make_accountant, train
 
@@ -142,6 +142,8 @@ def train_privately(
 
 
 def _train_privately(model, rows: FeatureRows, job: RoundConfig, state: RecordDict, state_dir: str | None):
+    if job.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"round config: unknown lr-schedule {job.lr_schedule!r}; expected one of {LR_SCHEDULES}")
     _restore(state, job.job_id, state_dir)
     plan = noise_plan(state, int(rows.X.shape[0]), job)
     history = _history(state, job.job_id)
@@ -162,6 +164,7 @@ def _train_privately(model, rows: FeatureRows, job: RoundConfig, state: RecordDi
         epochs=job.local_epochs,
         batch_size=plan.batch_size,
         lr=job.lr,
+        lr_decay=job.lr_schedule == "cosine",
         dp=DPConfig(
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=job.max_grad_norm,

@@ -24,6 +24,9 @@ NUM_EXAMPLES = "num-examples"  # the key Flower's strategies weight by
 EPSILON = "epsilon"  # cumulative epsilon this partner has spent in this job, after this round
 
 
+LR_SCHEDULES = ("cosine", "constant")  # models.train: cosine decay to 0 within each round's training, or a flat lr
+
+
 @dataclass(frozen=True)
 class RoundConfig:
     """What a partner needs to know to take part in one round of a job.
@@ -48,6 +51,8 @@ class RoundConfig:
     delta: float
     accountant: str = "rdp"
     eval_fraction: float = 0.2
+    # "cosine": the learning rate decays from lr to 0 within each round's local training; "constant": it stays at lr.
+    lr_schedule: str = "cosine"
     hidden: tuple[int, ...] = (64, 32)  # ChurnLTVNet trunk widths; the server builds the initial model with them
     # Where the coordinator says the consent ledger is, for a partner whose node / run config names none (the
     # embedded ledger of a bare ``flwr run .``, see ``server.embedded``); a configured ``ledger-url`` wins.

@@ -51,13 +51,15 @@ def comparison(result: JobResult, rows: dict[str, EligibleRows], epochs: int = 1
     pooled_c = np.concatenate([r.train.churn for r in rows.values()])
     pooled_l = np.concatenate([r.train.ltv for r in rows.values()])
     central = _fresh(job, n_features, 1)
-    train(central, pooled_X, pooled_c, pooled_l, epochs=epochs, batch_size=job.batch_size, lr=job.lr, seed=1)
+    decay = job.lr_schedule == "cosine"  # every model trains on the job's schedule
+    train(central, pooled_X, pooled_c, pooled_l, epochs=epochs, batch_size=job.batch_size, lr=job.lr,
+          lr_decay=decay, seed=1)  # fmt: skip
     out = []
     for partner, r in rows.items():
         local = _fresh(job, n_features, 2)
         dp = DPConfig(target_epsilon=job.target_epsilon, delta=job.delta, max_grad_norm=job.max_grad_norm)
         train(local, r.train.X, r.train.churn, r.train.ltv, epochs=epochs, batch_size=job.batch_size, lr=job.lr,
-              dp=dp, seed=2)  # fmt: skip
+              lr_decay=decay, dp=dp, seed=2)  # fmt: skip
         served = SpendCalibration.fit(predict(fed, r.train.X)[1], r.train.ltv,
                                       bins=min(DEFAULT_BINS, len(r.train.ltv)))
         for name, model, calibration in (("federated, DP", fed, None), (CALIBRATED, fed, served),

@@ -35,16 +35,19 @@ class TrainingPlan:
     epoch (sample rate 0.5); each DP step averages ~440 clipped gradients against one noise draw, and 20 local
     epochs at lr 0.02 give each round enough steps to move the model (with 2 epochs of batch 128 at lr 0.003,
     cosine-decayed and Adam restarted every round, the weights hardly left their random start). CDNOW: ~6,300 rows
-    per partner, the settings docs/benchmarks.md found best for it (batch 1024, lr 0.01, clip 30)."""
+    per partner, the settings docs/benchmarks.md found best for it (batch 1024, lr 0.01, clip 30).
+    Synthetic rounds keep the learning rate constant: a cosine decay to 0 inside every round left the DP models
+    under-trained (docs/benchmarks.md, "Demo training schedule")."""
 
     local_epochs: int
     batch_size: int
     lr: float
     max_grad_norm: float
+    lr_schedule: str = "cosine"
 
 
 PLANS = {
-    "synthetic": TrainingPlan(local_epochs=20, batch_size=512, lr=2e-2, max_grad_norm=20.0),
+    "synthetic": TrainingPlan(local_epochs=20, batch_size=512, lr=2e-2, max_grad_norm=20.0, lr_schedule="constant"),
     "cdnow": TrainingPlan(local_epochs=10, batch_size=1024, lr=1e-2, max_grad_norm=30.0),
 }
 
@@ -98,7 +101,7 @@ def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: in
     def job(n: int) -> Job:
         return Job(job_id=f"demo-{stamp}-job{n}", purpose=PURPOSE, categories=categories, rounds=rounds,
                    target_epsilon=epsilon, min_partners=2, round_timeout_s=120.0, local_epochs=plan.local_epochs,
-                   batch_size=plan.batch_size, lr=plan.lr, max_grad_norm=plan.max_grad_norm, seed=seed)  # fmt: skip
+                   batch_size=plan.batch_size, lr=plan.lr, lr_schedule=plan.lr_schedule, max_grad_norm=plan.max_grad_norm, seed=seed)  # fmt: skip
 
     first = _train(console, job(1), binding, url, source, "job 1")
     print_rounds(console, first)

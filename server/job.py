@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from client.protocol import RoundConfig
+from client.protocol import LR_SCHEDULES, RoundConfig
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
 ACCOUNTANTS = ("rdp", "prv")
@@ -47,6 +47,7 @@ class Job:
     local_epochs: int = 2
     batch_size: int = 256
     lr: float = 3e-3
+    lr_schedule: str = "cosine"
     max_grad_norm: float = 20.0
     tree_size: int = 0
     accountant: str = "rdp"
@@ -87,6 +88,8 @@ class Job:
             problems.append(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
         if self.accountant not in ACCOUNTANTS:
             problems.append(f"unknown accountant {self.accountant!r}; choose one of {ACCOUNTANTS}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"unknown lr schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}")
         if self.local_epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_grad_norm <= 0:
             problems.append("local_epochs, batch_size, lr and max_grad_norm must be positive")
         if self.evaluate_every < 0:
@@ -113,6 +116,7 @@ class Job:
             local_epochs=self.local_epochs,
             batch_size=self.batch_size,
             lr=self.lr,
+            lr_schedule=self.lr_schedule,
             max_grad_norm=self.max_grad_norm,
             target_epsilon=self.target_epsilon,
             delta=self.delta,

@@ -166,6 +166,34 @@ def test_partner_refuses_a_round_beyond_the_job_budget_and_keeps_its_spend(tmp_p
         train_privately(ChurnLTVNet(rows.X.shape[1]), rows, the_job, RecordDict(), state_dir)
 
 
+def test_the_lr_schedule_reaches_partner_training_and_an_unknown_one_is_refused(tmp_path, ledger, monkeypatch):
+    import dataclasses
+
+    import client.privacy
+    from client.data import load_eligible_rows
+    from models.nets import ChurnLTVNet
+
+    with pytest.raises(JobError, match="unknown lr schedule 'warmup'"):
+        job(lr_schedule="warmup")
+    run_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert Job.from_run_config(run_config).lr_schedule == "cosine"
+    constant = Job.from_run_config({**run_config, "lr-schedule": "constant"})
+    assert RoundConfig.from_record(constant.round_config(1).to_record()).lr_schedule == "constant"
+
+    seen, real_train = [], client.privacy.train  # a spy around the real training: what the partner asked for
+    monkeypatch.setattr(client.privacy, "train", lambda *a, **kw: seen.append(kw["lr_decay"]) or real_train(*a, **kw))
+    rows = load_eligible_rows(ledger, DATA, "loyal", job().round_config(1)).train
+    for schedule in ("constant", "cosine"):
+        config = job(lr_schedule=schedule).round_config(1)
+        train_privately(ChurnLTVNet(rows.X.shape[1]), rows, config, RecordDict(), str(tmp_path / schedule))
+    assert seen == [False, True]
+    # A round config from a server that knows other schedules: refused before any step is taken or counted.
+    odd = dataclasses.replace(job().round_config(1), lr_schedule="warmup")
+    with pytest.raises(ValueError, match="unknown lr-schedule 'warmup'"):
+        train_privately(ChurnLTVNet(rows.X.shape[1]), rows, odd, RecordDict(), str(tmp_path / "odd"))
+    assert seen == [False, True] and spent_so_far(RecordDict(), odd, str(tmp_path / "odd")) == 0.0
+
+
 def test_a_late_round_and_the_next_one_of_one_partner_both_count(tmp_path, ledger):
     """Simulation can run a partner's late round and its next round at once, each actor with its own stale
     Context.state: the state dir's lock makes the second wait, and the spend it reports includes the first."""

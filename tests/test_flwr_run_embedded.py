@@ -78,6 +78,11 @@ def test_one_partner_per_supernode_and_the_partners_learn_the_ledger_from_the_ro
         node = simulated_node(run, partition_id=1, num_partitions=2)
         partner = resolve_partner(node, job=wire)
         assert partner.partner_id == "group_buy"
+        # Its privacy spend goes to a file next to the ledger (a late reply's steps are counted, client.privacy) ...
+        assert partner.state_dir == str(tmp_path / "partner-state" / "group_buy")
+        # ... unless the SuperNode names its own state dir.
+        mine = simulated_node(run, partition_id=1, num_partitions=2, **{"state-dir": str(tmp_path / "mine")})
+        assert resolve_partner(mine, job=wire).state_dir == str(tmp_path / "mine")
         rows = load_eligible_rows(partner.ledger, partner.data, partner.partner_id, wire)
         reader = LedgerReader.open_readonly(str(tmp_path / "ledger.db"))
         expected = reader.eligible_set("group_buy", job.purpose, sorted(job.categories), tree_size=job.tree_size)
@@ -191,6 +196,10 @@ def test_bare_flwr_run_trains_on_an_embedded_ledger_that_verifies(tmp_path):
         manifests = [json.loads(data)["body"] for _, data in reader.store.find_by_type("round.manifest")]
         for manifest in manifests:
             assert sorted(p["partner_id"] for p in manifest["partners"]) == ["content", "group_buy"]
+        for partner in ("content", "group_buy"):  # each partner's spend, kept in a file beside the ledger
+            spend_file = db.parent / "partner-state" / partner / f"{result['job']['job_id']}.privacy.json"
+            spend = json.loads(spend_file.read_text())
+            assert spend["rounds"] == 2 and sum(spend["steps"]) > 0, spend
         audit = audit_rounds(reader.store)
         assert audit.ok and len(audit.rounds) == 4, audit.problems[:3]
         reader.close()
