@@ -32,7 +32,7 @@ from consent.ledger import _far_future
 from consent.rules import AppendError, LogState, apply_entry, signing_key
 from consent.store import tables as t
 from consent.store.engine import open_engine
-from consent.store.log import _CONSENT_KIND
+from consent.store.batch_rows import CONSENT_KIND
 
 _FAR = _far_future()
 CHUNK = 10_000  # entries per unit of work for the parse-and-signature workers
@@ -255,7 +255,7 @@ def _stream_pass(engine, report: VerifyReport, page: int, digests, results: _Chu
     idx_expected = 0
     sha256 = hashlib.sha256
     loads = decode_json
-    consent_kind = _CONSENT_KIND
+    consent_kind = CONSENT_KIND
     add = report.add
     checked = 0
     for idx, data, stored_leaf in _rows(engine, "SELECT idx, data, leaf_hash FROM entries ORDER BY idx", page):

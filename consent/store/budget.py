@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy import Engine, func, select, update
 
 from consent.store import tables as t
-
-_IN_CHUNK = 500
+from consent.store.sql import IN_CHUNK as _IN_CHUNK
 
 
 class BudgetBook:

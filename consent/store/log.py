@@ -10,6 +10,9 @@ sent to the database by a writer thread while this thread runs the rules, the si
 statements are plain DBAPI calls (COPY and pipelines on PostgreSQL, a handful of round trips per batch), and the
 Merkle frontier is kept in memory between appends. Whatever the road, the batch is refused, with the same error,
 exactly when entry-by-entry checking would refuse it, and nothing of a refused batch is stored.
+
+The rows a batch adds and the writer thread are ``consent.store.batch_rows``; the DBAPI statements are
+``consent.store.sql``.
 """
 
 from __future__ import annotations
@@ -44,29 +47,15 @@ from consent.rules import (
     signing_key,
 )
 from consent.store import tables as t
+from consent.store.batch_rows import BatchRows, Writer
 from consent.store.engine import open_engine
+from consent.store.sql import Sql, chunks
 
-_IN_CHUNK = 500  # keeps IN (...) lists under every backend's bound-parameter limit
 _ENTRY_COLUMNS = ("idx", "leaf_hash", "data", "entry_type", "key_id", "partner_id", "subject_ref")
 _NODE_COLUMNS = ("level", "idx", "hash")
 _EVENT_COLUMNS = ("idx", "partner_id", "subject_ref", "kind", "consent_id", "purposes", "categories", "valid_until")
 _CONSENT_COLUMNS = ("consent_id", "partner_id", "subject_ref", "kind", "idx")
 _SUBJECT_COLUMNS = ("subject_ref", "partner_id", "first_idx")
-_COPY_FROM = 256  # rows from which a PostgreSQL insert uses COPY rather than the pipelined INSERT
-# Binary COPY sends each value in its column's wire format (consent.store.tables: BigInteger, Integer, bytea, text).
-_PG_TYPES = {
-    "idx": "int8", "first_idx": "int8", "level": "int4", "leaf_hash": "bytea", "data": "bytea", "hash": "bytea",
-    "entry_type": "text", "key_id": "text", "partner_id": "text", "subject_ref": "text", "kind": "text",
-    "consent_id": "text", "purposes": "text", "categories": "text", "valid_until": "text",
-}  # fmt: skip
-
-_CONSENT_KIND = {
-    "consent.given": "given",
-    "consent.refused": "refused",
-    "consent.withdrawn": "withdrawn",
-    "consent.expired": "expired",
-    "subject.erasure_requested": "erasure",
-}
 
 
 class LedgerStore:
@@ -116,7 +105,7 @@ class LedgerStore:
         with self._lock:
             try:
                 with self.engine.begin() as conn:
-                    sql = _Sql(conn)
+                    sql = Sql(conn)
                     try:
                         start, state = self._state_for(sql, parsed, leaves)
                     except Exception:
@@ -127,11 +116,11 @@ class LedgerStore:
                     if pending is None:
                         for i, (entry, leaf) in enumerate(zip(parsed, leaves)):
                             check_entry(entry, leaf, state, i)
-                        rows = _BatchRows(parsed, leaves, start, existing_subjects)
+                        rows = BatchRows(parsed, leaves, start, existing_subjects)
                         frontier = self._write(sql, rows)
                         self._finish(sql, rows, state)
                     else:
-                        writer = _Writer(self._write, sql, _BatchRows(parsed, leaves, start, existing_subjects))
+                        writer = Writer(self._write, sql, BatchRows(parsed, leaves, start, existing_subjects))
                         if confirm is not None:
                             try:
                                 confirm()
@@ -148,7 +137,7 @@ class LedgerStore:
             self._notices.update(state.notices)
         return list(range(start, start + len(parsed)))
 
-    def _judge_and_insert(self, parsed, leaves, state, pending: sigcheck.Pending, writer: "_Writer", sql):
+    def _judge_and_insert(self, parsed, leaves, state, pending: sigcheck.Pending, writer: "Writer", sql):
         """check_entry for every entry, and the inserts, while the workers are still verifying signatures.
 
         The rows of a batch do not depend on the verdicts, only whether they are committed does: a writer thread
@@ -285,7 +274,7 @@ class LedgerStore:
                 out[i] = (status[i], keys[kid])
         return out
 
-    def _state_for(self, sql: "_Sql", batch: list[SignedEntry], leaves: list[bytes]) -> tuple[int, LogState]:
+    def _state_for(self, sql: "Sql", batch: list[SignedEntry], leaves: list[bytes]) -> tuple[int, LogState]:
         """Takes the log's write lock and prefetches exactly the rows the rules will ask about; (size, state).
 
         Touching the head row first takes the write lock (row lock on PostgreSQL, RESERVED on SQLite), so the size
@@ -336,7 +325,7 @@ class LedgerStore:
         state.notices = self._load_notices(sql, notices)
         return start, state
 
-    def _load_notices(self, sql: "_Sql", wanted: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+    def _load_notices(self, sql: "Sql", wanted: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
         """(partner, notice id, version) -> sha256 of those published. Published notices never change, so those
         this process has seen are cached; a notice not seen yet is looked up in the log (it may be another
         process's, or not exist)."""
@@ -354,7 +343,7 @@ class LedgerStore:
                 self._notices.setdefault(*found)
         return {n: self._notices[n] for n in wanted if n in self._notices}
 
-    def _write(self, sql: "_Sql", rows: "_BatchRows") -> tuple[int, dict] | None:
+    def _write(self, sql: "Sql", rows: "BatchRows") -> tuple[int, dict] | None:
         """Inserts the batch's entries, new tree nodes and consent indexes and moves the head past them (all
         undone by a rollback if the batch is refused); returns the Merkle frontier after the batch."""
         rows.build()
@@ -368,7 +357,7 @@ class LedgerStore:
         ], head=rows.start + len(rows.leaves))  # fmt: skip
         return frontier
 
-    def _finish(self, sql: "_Sql", rows: "_BatchRows", state: LogState) -> None:
+    def _finish(self, sql: "Sql", rows: "BatchRows", state: LogState) -> None:
         """The updates that follow from the rules' verdicts: ended consents, erasures, keys."""
         ended = [(rec.kind, consent_id) for consent_id, rec in state.consents.items()
                  if rec.kind in ("consent.withdrawn", "consent.expired")]  # fmt: skip
@@ -382,7 +371,7 @@ class LedgerStore:
             conn.execute(update(t.keys).where(t.keys.c.key_id == key_id).values(revoked_idx=idx))
             self._keys.pop(key_id, None)
 
-    def _new_nodes(self, sql: "_Sql", start: int, leaves: list[bytes]):
+    def _new_nodes(self, sql: "Sql", start: int, leaves: list[bytes]):
         """The perfect-subtree nodes the batch completes, and the frontier of the tree after the batch.
 
         Left siblings from before the batch are all nodes of the frontier at `start`: kept in memory from this
@@ -597,218 +586,9 @@ class LedgerStore:
     def subject_partner(self, subject_refs: Sequence[str]) -> dict[str, str]:
         out = {}
         with self.engine.connect() as conn:
-            for rows in _chunks(set(subject_refs)):
+            for rows in chunks(set(subject_refs)):
                 q = select(t.subjects.c.subject_ref, t.subjects.c.partner_id).where(t.subjects.c.subject_ref.in_(rows))
                 out.update({r[0]: r[1] for r in conn.execute(q)})
-        return out
-
-
-def _chunks(items) -> Iterator[list]:
-    items = list(items)
-    for i in range(0, len(items), _IN_CHUNK):
-        yield items[i : i + _IN_CHUNK]
-
-
-class _BatchRows:
-    """The rows a batch adds to each table; a pure function of the parsed entries, built on demand."""
-
-    def __init__(self, batch: list[SignedEntry], leaves: list[bytes], start: int, existing_subjects: set[str]):
-        self.batch, self.leaves, self.start, self.existing_subjects = batch, leaves, start, existing_subjects
-        self.built = False
-
-    def build(self) -> None:
-        if self.built:
-            return
-        entries, events, consents, keys, revoked = [], [], [], [], []
-        erasure, erased = [], []
-        new_subjects: dict[str, tuple] = {}
-        existing = self.existing_subjects
-        idx = self.start
-        for e, leaf in zip(self.batch, self.leaves):
-            body = e.body
-            etype = e.type
-            ref = body.get("subject_ref")
-            if not isinstance(ref, str):
-                ref = None
-            partner = body.get("partner_id")
-            entries.append((idx, leaf, e.data, etype, e.key_id, partner if isinstance(partner, str) else None, ref))
-            kind = _CONSENT_KIND.get(etype)
-            if kind:
-                events.append((
-                    idx, body["partner_id"], ref, kind, body.get("consent_id"),
-                    ",".join(sorted(body["purposes"])) if "purposes" in body else None,
-                    ",".join(sorted(body["data_categories"])) if "data_categories" in body else None,
-                    body.get("valid_until"),
-                ))  # fmt: skip
-            if etype == "consent.given" or etype == "consent.refused":
-                consents.append((body["consent_id"], body["partner_id"], ref, etype, idx))
-            if ref is not None and etype.startswith(("consent.", "subject.")):
-                if ref not in existing and ref not in new_subjects:
-                    new_subjects[ref] = (ref, body["partner_id"], idx)
-            if etype == "subject.erasure_requested":
-                erasure.append((idx, ref))
-            elif etype == "subject.erased":
-                erased.append((idx, ref))
-            elif etype == "key.registered" or etype == "key.rotated":
-                keys.append({"key_id": body["key_id"], "identity": body["identity"], "role": body["role"],
-                             "public_key": body["public_key"], "registered_idx": idx, "revoked_idx": None})  # fmt: skip
-                if etype == "key.rotated":
-                    revoked.append((body["replaces"], idx))
-            idx += 1
-        self.entries, self.events, self.consents, self.new_subjects = entries, events, consents, new_subjects
-        self.keys, self.revoked, self.erasure, self.erased = keys, revoked, erasure, erased
-        self.built = True
-
-
-class _Writer:
-    """Runs write(sql, rows) in a thread; join() returns (result, exception)."""
-
-    def __init__(self, write, sql: "_Sql", rows: _BatchRows):
-        self.rows = rows
-        self._result = self._error = None
-        self._thread = threading.Thread(target=self._run, args=(write, sql, rows), name="ledger-append-writer")
-        self._thread.start()
-
-    def _run(self, write, sql, rows) -> None:
-        try:
-            self._result = write(sql, rows)
-        except BaseException as exc:  # handed to the appending thread
-            self._error = exc
-
-    def join(self):
-        self._thread.join()
-        return self._result, self._error
-
-
-class _Sql:
-    """The append path's statements as plain DBAPI calls inside the caller's transaction.
-
-    They skip SQLAlchemy's per-statement compilation and per-row parameter processing, which cost more than the
-    inserts themselves at thousands of rows per batch. On PostgreSQL, where every round trip is a wait for the
-    server process, statements are grouped into pipelines and large row sets go in by COPY."""
-
-    def __init__(self, conn):
-        self.conn = conn
-        self.pg = conn.dialect.name == "postgresql"
-        self.ph = "%s" if self.pg else "?"
-        self.raw = conn.connection  # the pooled DBAPI connection the transaction runs on
-
-    def _all(self, statement: str, params=()) -> list[tuple]:
-        cur = self.raw.cursor()
-        try:
-            cur.execute(statement, params)
-            return cur.fetchall()
-        finally:
-            cur.close()
-
-    def lock_and_read(self, refs: set[str], consent_ids: set[str], leaves: set[bytes], key_ids: set[str],
-                      identities: set[str]):  # fmt: skip
-        """(tree size, subject rows, consent rows, leaf-hash rows already stored, key rows), the head row locked
-        first. Key rows: the keys with these ids, and every key of these identities.
-
-        On PostgreSQL the statements go in one pipeline: one round trip, not six."""
-        lock = "UPDATE ledger_head SET tree_size = tree_size WHERE id = 1 RETURNING tree_size"
-        key_select = "SELECT key_id, identity, role, public_key, revoked_idx FROM keys"
-        reads = [
-            ("SELECT subject_ref, partner_id, erasure_requested_idx, erased_idx FROM subjects", "subject_ref", refs),
-            ("SELECT consent_id, partner_id, subject_ref, kind FROM consents", "consent_id", consent_ids),
-            ("SELECT leaf_hash FROM entries", "leaf_hash", leaves),
-            (key_select, "key_id", key_ids),
-            (key_select, "identity", identities),
-        ]
-        if not self.pg:
-            start = self._all(lock)[0][0]
-            out = [self.select_in(*r) for r in reads]
-        else:
-            with self.raw.driver_connection.pipeline():
-                cursors = [self.raw.cursor() for _ in range(len(reads) + 1)]
-                cursors[0].execute(lock)
-                for cur, (prefix, column, values) in zip(cursors[1:], reads):
-                    # A semi-join on the unnested array, planned for each call (prepare=False): a cached generic
-                    # plan for `= ANY($1)` may scan the whole table, comparing every row with every value.
-                    kind = "bytea" if column == "leaf_hash" else "text"
-                    cur.execute(f"{prefix} WHERE {column} IN (SELECT unnest(%s::{kind}[]))", (list(values),),
-                                prepare=False)  # fmt: skip
-                fetched = [cur.fetchall() for cur in cursors]
-            for cur in cursors:
-                cur.close()
-            start, out = fetched[0][0][0], fetched[1:]
-        keys = {row[0]: tuple(row) for row in out[3] + out[4]}
-        return (start, out[0], out[1], out[2], list(keys.values()))
-
-    def write(self, tables: list[tuple[str, tuple[str, ...], list[tuple]]], head: int) -> None:
-        """Inserts rows into each table and sets the head; on PostgreSQL one pipeline of one INSERT per table."""
-        if not self.pg:
-            for table, columns, rows in tables:
-                self.insert_rows(table, columns, rows)
-            self.execute_many("UPDATE ledger_head SET tree_size = {} WHERE id = {}", [(head, 1)])
-            return
-        # Many rows go in by COPY (the least work for the server per row, one round trip per table); the rest,
-        # and the head, in one pipeline of one INSERT per table (the rows as one array per column, unnested).
-        many = [(t, c, r) for t, c, r in tables if len(r) >= _COPY_FROM]
-        for table, columns, rows in many:
-            self.insert_rows(table, columns, rows)
-        with self.raw.driver_connection.pipeline():
-            cur = self.raw.cursor()
-            for table, columns, rows in tables:
-                if rows and len(rows) < _COPY_FROM:
-                    arrays = ", ".join(f"%b::{_PG_TYPES[c]}[]" for c in columns)
-                    cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})",
-                                [list(col) for col in zip(*rows)])  # fmt: skip
-            cur.execute("UPDATE ledger_head SET tree_size = %s WHERE id = 1", (head,))
-        cur.close()
-
-    def select_in(self, prefix: str, column: str, values) -> list[tuple]:
-        values = list(values)
-        if not values:
-            return []
-        out: list[tuple] = []  # SQLite only (PostgreSQL reads in lock_and_read's pipeline)
-        for i in range(0, len(values), _IN_CHUNK):
-            chunk = values[i : i + _IN_CHUNK]
-            out += self._all(f"{prefix} WHERE {column} IN ({','.join('?' * len(chunk))})", chunk)
-        return out
-
-    def insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        if not rows:
-            return
-        cols = ", ".join(columns)
-        if self.pg:
-            with self.raw.driver_connection.cursor() as cur:
-                with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types([_PG_TYPES[c] for c in columns])
-                    write = copy.write_row
-                    for row in rows:
-                        write(row)
-            return
-        cur = self.raw.cursor()
-        try:
-            cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(columns))})", rows)
-        finally:
-            cur.close()
-
-    def execute_many(self, template: str, rows: list[tuple]) -> None:
-        if not rows:
-            return
-        cur = self.raw.cursor()
-        try:
-            cur.executemany(template.format(*[self.ph] * template.count("{}")), rows)
-        finally:
-            cur.close()
-
-    def frontier(self, size: int) -> dict[tuple[int, int], bytes]:
-        """The perfect nodes whose fold is the root at `size`, in at most two statements (missing ones left out)."""
-        out: dict[tuple[int, int], bytes] = {}
-        wanted = merkle.frontier_nodes(size)
-        leaves = [i for lv, i in wanted if lv == 0]
-        upper = [(lv, i) for lv, i in wanted if lv > 0]
-        for i in leaves:
-            for idx, h in self._all(f"SELECT idx, leaf_hash FROM entries WHERE idx = {self.ph}", (i,)):
-                out[(0, idx)] = bytes(h)
-        if upper:
-            cond = " OR ".join([f"(level = {self.ph} AND idx = {self.ph})"] * len(upper))
-            params = [v for node in upper for v in node]
-            for lv, idx, h in self._all(f"SELECT level, idx, hash FROM tree_nodes WHERE {cond}", params):
-                out[(lv, idx)] = bytes(h)
         return out
 
 

@@ -18,8 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from consent.entries import new_subject_ref
 from consent.store import tables as t
-
-_IN_CHUNK = 500
+from consent.store.sql import IN_CHUNK as _IN_CHUNK
 
 
 def user_hmac(partner_secret: bytes, user_id: str) -> str:
