@@ -7,11 +7,11 @@ configured, see ``server.embedded``; simulated SuperNodes share the ServerApp's 
 
 Node config keys: ``partner-id`` (else ``partition-id`` indexes the partner list), ``ledger-url``, ``state-dir``
 (where the partner keeps its privacy spend across SuperNode restarts).
+Run config keys: ``ledger-url``, ``partners`` (comma-separated), ``users-per-platform``, ``data-seed``.
 
 A partner with no ``state-dir`` that takes the ServerApp's embedded ledger file (a bare ``flwr run .``: a local
 simulation sharing the ServerApp's filesystem) keeps its spend in ``<ledger dir>/partner-state/<partner_id>``: in
 simulation a late reply's steps are only counted when the spend is in a file (``client.privacy``).
-Run config keys: ``ledger-url``, ``partners`` (comma-separated), ``users-per-platform``, ``data-seed``.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class TrainingPlan:
     cosine-decayed and Adam restarted every round, the weights hardly left their random start). CDNOW: ~6,300 rows
     per partner, the settings docs/benchmarks.md found best for it (batch 1024, lr 0.01, clip 30).
     Synthetic rounds keep the learning rate constant: a cosine decay to 0 inside every round left the DP models
-    under-trained (docs/benchmarks.md, "Demo training schedule")."""
+    under-trained (docs/benchmarks.md, "Learning-rate schedule within a round")."""
 
     local_epochs: int
     batch_size: int
@@ -101,7 +101,8 @@ def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: in
     def job(n: int) -> Job:
         return Job(job_id=f"demo-{stamp}-job{n}", purpose=PURPOSE, categories=categories, rounds=rounds,
                    target_epsilon=epsilon, min_partners=2, round_timeout_s=120.0, local_epochs=plan.local_epochs,
-                   batch_size=plan.batch_size, lr=plan.lr, lr_schedule=plan.lr_schedule, max_grad_norm=plan.max_grad_norm, seed=seed)  # fmt: skip
+                   batch_size=plan.batch_size, lr=plan.lr, lr_schedule=plan.lr_schedule,
+                   max_grad_norm=plan.max_grad_norm, seed=seed)  # fmt: skip
 
     first = _train(console, job(1), binding, url, source, "job 1")
     print_rounds(console, first)

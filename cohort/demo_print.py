@@ -50,7 +50,8 @@ def print_comparison(console: Console, rows: list[dict], job: Job) -> None:
     epochs = job.rounds * job.local_epochs
     t = Table(title=f"Held-out eligible users of each partner. Same training budget for every model: {epochs} epochs "
                     f"(federated: {job.rounds} rounds × {job.local_epochs} local), batch {job.batch_size}, lr "
-                    f"{job.lr:g} ({job.lr_schedule}); DP models ε={job.target_epsilon:g} per partner (clip {job.max_grad_norm:g}); "
+                    f"{job.lr:g} ({job.lr_schedule}); DP models ε={job.target_epsilon:g} per partner "
+                    f"(clip {job.max_grad_norm:g}); "
                     "centralized: all partners' rows pooled, no DP")  # fmt: skip
     for col in ("partner", "model", "users", "churn AUC", "LTV Gini", "decile MAPE"):
         t.add_column(col, justify="left" if col in ("partner", "model") else "right")
