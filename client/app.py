@@ -126,14 +126,14 @@ def evaluation_metrics(model: ChurnLTVNet, rows: EligibleRows) -> MetricRecord:
 
 def calibrated_metrics(model: ChurnLTVNet, rows: EligibleRows, ltv_pred) -> dict[str, float]:
     """The level metrics of the model as this partner would serve it: spend mapped by a calibration fitted on the
-    partner's own training rows (``models.calibration``; it stays here). Empty when there are too few rows."""
-    from models.calibration import DEFAULT_BINS, SpendCalibration
+    partner's own training rows (``models.calibration``; it stays here). Empty without training rows."""
+    from models.calibration import SpendCalibration
     from models.metrics import decile_mape
 
     train = rows.train
-    if int(np.asarray(train.X).shape[0]) < DEFAULT_BINS:
+    if int(np.asarray(train.X).shape[0]) == 0:
         return {}
-    served = SpendCalibration.fit(predict(model, train.X)[1], train.ltv).apply(ltv_pred)
+    served = SpendCalibration.for_partner(predict(model, train.X)[1], train.ltv).apply(ltv_pred)
     total = float(np.sum(rows.evaluation.ltv))
     out = {"decile_mape_calibrated": decile_mape(rows.evaluation.ltv, served)}
     if total > 0:

@@ -15,7 +15,7 @@ import torch
 from client.consent_link import ConsentLink
 from client.data import EligibleRows, load_eligible_rows
 from client.protocol import record_to_arrays
-from models.calibration import DEFAULT_BINS, SpendCalibration
+from models.calibration import SpendCalibration
 from models.metrics import evaluate
 from models.nets import ChurnLTVNet, set_weights
 from models.train import DPConfig, predict, train
@@ -60,8 +60,7 @@ def comparison(result: JobResult, rows: dict[str, EligibleRows], epochs: int = 1
         dp = DPConfig(target_epsilon=job.target_epsilon, delta=job.delta, max_grad_norm=job.max_grad_norm)
         train(local, r.train.X, r.train.churn, r.train.ltv, epochs=epochs, batch_size=job.batch_size, lr=job.lr,
               lr_decay=decay, dp=dp, seed=2)  # fmt: skip
-        served = SpendCalibration.fit(predict(fed, r.train.X)[1], r.train.ltv,
-                                      bins=min(DEFAULT_BINS, len(r.train.ltv)))
+        served = SpendCalibration.for_partner(predict(fed, r.train.X)[1], r.train.ltv)
         for name, model, calibration in (("federated, DP", fed, None), (CALIBRATED, fed, served),
                                          ("local only, DP", local, None), ("centralized, no DP", central, None)):
             churn_prob, ltv_pred = predict(model, r.evaluation.X)

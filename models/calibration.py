@@ -53,6 +53,13 @@ class SpendCalibration:
         log_t = _strictly_increasing(log_t)
         return cls(log_pred=log_m, log_true=log_t)
 
+    @classmethod
+    def for_partner(cls, pred, true) -> SpendCalibration | None:
+        """The calibration a partner serves with: ``DEFAULT_BINS`` bins, one per row when it has fewer rows than
+        that, ``None`` when it has none (the demo's table and the partner's federated evaluation both use this)."""
+        n = len(np.asarray(true).reshape(-1))
+        return cls.fit(pred, true, bins=min(DEFAULT_BINS, n)) if n else None
+
     def apply(self, pred) -> np.ndarray:
         pred = np.asarray(pred, dtype=np.float64)
         x = np.log(np.maximum(pred, _MIN_SPEND))

@@ -61,3 +61,12 @@ def test_zero_predictions_and_all_zero_bins_stay_finite():
 def test_bad_input_is_refused_with_the_reason(pred, true, message):
     with pytest.raises(ValueError, match=message):
         SpendCalibration.fit(pred, true)
+
+
+def test_a_small_partner_calibrates_with_one_bin_per_row_and_none_without_rows():
+    pred, true = np.array([1.0, 2.0, 4.0, 8.0, 16.0]), np.array([3.0, 5.0, 9.0, 20.0, 30.0])
+    small = SpendCalibration.for_partner(pred, true)
+    assert len(small.log_pred) == 5  # five rows: five knots, not a refusal for having fewer than ten
+    assert np.allclose(small.apply(pred), true)
+    assert len(SpendCalibration.for_partner(np.arange(1.0, 31.0), np.arange(1.0, 31.0)).log_pred) == 10
+    assert SpendCalibration.for_partner([], []) is None
