@@ -101,6 +101,16 @@ def test_job_from_the_flower_app_config_in_pyproject():
         job(target_epsilon=0.0)
 
 
+def test_a_bare_flwr_run_trains_with_the_demo_plan():
+    """The Flower App's training defaults are the plan `cohort demo` runs on the same synthetic platforms."""
+    from cohort.demo import PLANS
+
+    run_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    the_job, plan = Job.from_run_config(run_config), PLANS["synthetic"]
+    assert (the_job.local_epochs, the_job.batch_size, the_job.lr, the_job.lr_schedule, the_job.max_grad_norm) == (
+        plan.local_epochs, plan.batch_size, plan.lr, plan.lr_schedule, plan.max_grad_norm)
+
+
 def test_client_trains_only_on_eligible_rows_and_commits_to_them(round_one, ledger):
     _, _, _, replies = round_one
     for partition, reply in enumerate(replies):
@@ -176,9 +186,9 @@ def test_the_lr_schedule_reaches_partner_training_and_an_unknown_one_is_refused(
     with pytest.raises(JobError, match="unknown lr schedule 'warmup'"):
         job(lr_schedule="warmup")
     run_config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert Job.from_run_config(run_config).lr_schedule == "cosine"
-    constant = Job.from_run_config({**run_config, "lr-schedule": "constant"})
-    assert RoundConfig.from_record(constant.round_config(1).to_record()).lr_schedule == "constant"
+    assert job().lr_schedule == "cosine"  # the Job default; the Flower App's config asks for constant
+    cosine = Job.from_run_config({**run_config, "lr-schedule": "cosine"})
+    assert RoundConfig.from_record(cosine.round_config(1).to_record()).lr_schedule == "cosine"
 
     seen, real_train = [], client.privacy.train  # a spy around the real training: what the partner asked for
     monkeypatch.setattr(client.privacy, "train", lambda *a, **kw: seen.append(kw["lr_decay"]) or real_train(*a, **kw))
