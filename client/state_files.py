@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -23,6 +24,13 @@ def job_file(state_dir: str, job_id: str, kind: str) -> Path:
 
 def write_json(path: Path, content) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content))
-    os.replace(tmp, path)
+    # A temp name of its own per write: two simulation actors of one partner may write the same file at once, and a
+    # shared temp name would let one rename the other's half-written file (or find it gone).
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(content))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
