@@ -51,9 +51,9 @@ def resolve_partner(
     data = data if data is not None else data_from_config(context)
     partner_id = partner_id_of(context, data)
     state_dir = str(context.node_config.get("state-dir", "")) or None
-    state_root = state_root or embedded_state_root(context, job)
-    if state_dir is None and state_root:
-        state_dir = str(Path(state_root) / safe_name(partner_id))
+    if state_dir is None:
+        root = state_root or embedded_state_root(context, job)
+        state_dir = str(Path(root) / safe_name(partner_id)) if root else None
     return Partner(
         partner_id=partner_id,
         ledger=ledger or ledger_from_config(context, job),
