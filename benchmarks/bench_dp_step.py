@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 MODES = ("plain", "dp")
-RAW_MODES = ("plain", "ghost", "hooks")
+RAW_MODES = ("plain", "ghost", "ghost-stock", "hooks")
 TARGET_RATIO = 2.0
 EPOCHS_PER_CALL = 5
 STEPS_PER_EPOCH = 40
@@ -98,6 +98,7 @@ def child_raw(batch: int, repeats: int) -> dict:
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
+    import models.dp_samplers  # noqa: F401  (the norm samplers train() registers; "ghost-stock" sets them aside)
     from models.features import feature_names
     from models.nets import ChurnLTVLoss, ChurnLTVNet
 
@@ -113,11 +114,12 @@ def child_raw(batch: int, repeats: int) -> dict:
             loader = DataLoader(TensorDataset(X, churn, ltv), batch_size=batch)
             wrapped = PrivacyEngine(accountant="rdp").make_private(
                 module=model, optimizer=optimizer, data_loader=loader, criterion=criterion, noise_multiplier=1.0,
-                max_grad_norm=20.0, poisson_sampling=False, grad_sample_mode=mode,
+                max_grad_norm=20.0, poisson_sampling=False, grad_sample_mode=mode.removesuffix("-stock"),
             )
             net, optimizer = wrapped[0], wrapped[1]
-            criterion = wrapped[2] if mode == "ghost" else criterion
-        steps[mode] = _stepper(net, optimizer, criterion, X[:batch], churn[:batch], ltv[:batch])
+            criterion = wrapped[2] if mode.startswith("ghost") else criterion
+        step = _stepper(net, optimizer, criterion, X[:batch], churn[:batch], ltv[:batch])
+        steps[mode] = _with_opacus_samplers(step) if mode == "ghost-stock" else step
     best = {m: float("inf") for m in RAW_MODES}
     for mode in RAW_MODES:  # warm-up
         for _ in range(20):
@@ -129,6 +131,27 @@ def child_raw(batch: int, repeats: int) -> dict:
                 steps[mode]()
             best[mode] = min(best[mode], 1000 * (time.perf_counter() - t) / 50)
     return best
+
+
+def _with_opacus_samplers(step):
+    """``step`` run with Opacus' own norm samplers (none for LayerNorm, its einsum one for Linear) in place of
+    ``models.dp_samplers``' (Opacus looks the table up during every backward pass)."""
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.grad_sample.linear import compute_linear_norm_sample
+    from torch import nn
+
+    table = GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+    ours = {nn.Linear: table[nn.Linear], nn.LayerNorm: table[nn.LayerNorm]}
+
+    def stock_step():
+        table[nn.Linear] = compute_linear_norm_sample
+        del table[nn.LayerNorm]
+        try:
+            step()
+        finally:
+            table.update(ours)
+
+    return stock_step
 
 
 def _stepper(net, optimizer, criterion, xb, cb, lb):
@@ -163,7 +186,9 @@ def measure(batch: int, repeats: int) -> tuple[str, float, dict]:
         lines.append(f"| {label} | {timing[m]:.2f} | {timing[m] / timing['plain']:.2f} | {r['rss_peak_mb']:.0f} | "
                      f"{r['rss_peak_mb'] - r['rss_base_mb']:.1f} | {r['py_peak_mb']:.1f} |")
     lines += ["", f"| bare optimiser step, batch {batch} | ms / step | × non-DP |", "|---|---|---|"]
-    for m, label in (("plain", "non-private"), ("ghost", "Opacus ghost clipping (what `train` uses)"),
+    for m, label in (("plain", "non-private"),
+                     ("ghost", "Opacus ghost clipping + `models.dp_samplers` norm samplers (what `train` uses)"),
+                     ("ghost-stock", "Opacus ghost clipping, Opacus' own norm samplers"),
                      ("hooks", "Opacus hooks mode (per-example gradients materialised)")):
         lines.append(f"| {label} | {raw[m]:.2f} | {raw[m] / raw['plain']:.2f} |")
     return "\n".join(lines), timing["dp"] / timing["plain"], memory["plain"]
@@ -225,13 +250,23 @@ def main(argv=None) -> int:
     return 0
 
 
-DP_STEP_NOTES = """Why not ≤ 2×: a DP step is a forward pass, a backward pass that also computes every example's gradient
-norm, a second backward pass with the per-example clip factors folded into the loss, and the noise; for a
-model of a few thousand parameters each of these is bound by per-call overhead (autograd hooks in Python), not
-arithmetic, so the ratio stays near 3× from batch 512 to 2048. Opacus' default hooks mode, which materialises
-per-example gradients, is 7-25× (bare-step tables); hence ghost clipping in `train`. Memory is not the issue:
-the DP run's footprint is the same as the non-private one's. In wall time a whole DP training on CDNOW's 18,856
-training rows (60 epochs of batch 2048, 540 steps) takes seconds, not minutes."""
+DP_STEP_NOTES = """Why not ≤ 2×: a ghost-clipping step is a forward pass that keeps every hooked layer's input, a backward
+pass that also computes every example's gradient norm, a second backward pass with the per-example clip factors
+folded into the loss, and the noise; the second backward alone puts the floor near 1.4×. `models.dp_samplers`
+registers exact norm samplers for LayerNorm (Opacus 1.6 has none, so ghost mode materialised LayerNorm's
+per-example gradients) and for 2-D Linear inputs (a product of two row norms instead of three einsums) through
+Opacus' `register_norm_sampler`; they are the difference between the two ghost rows of the bare-step tables,
+and `train` now computes ε once when its accountant is fresh. What is left, timed phase by phase at batch 2048
+(a scratch script, 2026-12-01, this Intel Xeon, shared; ms non-DP / DP): forward 0.73 / 1.31, loss 0.30 / 0.38,
+first backward 1.03 / 2.70, clip factors – / 0.58, second backward – / 1.27, DP optimiser pre-step (a deep copy
+of every gradient, noise, scaling) – / 0.68, Adam 0.50 / 0.52. Most of these grow with the batch (Opacus scales
+every hooked layer's backprops by n, computes every parameter's gradient in the first backward only to discard it,
+and reduces the stacked norms with a slow `norm(dim=0)`), so the ratio does not fall at 4096 or 8192 either. In the same scratch measurements only a
+LayerNorm without affine parameters (a different model, ~0.01 Gini under DP is credited to LayerNorm) plus
+patches to Opacus' internals reached 1.96× at 2048; neither is taken. Opacus' default hooks mode, which
+materialises per-example gradients, is far slower (bare-step tables). Memory is not the issue: the DP run's
+footprint is the same as the non-private one's. In wall time a whole DP training on CDNOW's 18,856 training rows
+(60 epochs of batch 2048, 540 steps) takes seconds, not minutes."""
 
 
 if __name__ == "__main__":

@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import ConfigRecord, RecordDict
-from opacus.accountants.utils import get_noise_multiplier
 
 from client.data import FeatureRows
 from client.protocol import LR_SCHEDULES, RoundConfig
 from client.state_files import job_file, write_json
-from models.train import DPConfig, TrainReport, make_accountant, train
+from models.train import DPConfig, TrainReport, accountant_epsilon, make_accountant, noise_for_budget, train
 
 STATE_KEY = "privacy"
 EPSILON_SLACK = 1e-6  # the calibrated sigma spends <= target; this only absorbs float noise in the accountant
@@ -103,13 +102,8 @@ def plan_noise(n_rows: int, job: RoundConfig) -> NoisePlan:
     steps_per_epoch = math.ceil(n_rows / batch_size)
     steps_per_round = job.local_epochs * steps_per_epoch
     sample_rate = 1.0 / steps_per_epoch
-    sigma = get_noise_multiplier(
-        target_epsilon=job.target_epsilon,
-        target_delta=job.delta,
-        sample_rate=sample_rate,
-        steps=job.num_rounds * steps_per_round,
-        accountant=job.accountant,
-        **_orders(job),
+    sigma = noise_for_budget(
+        job.target_epsilon, job.delta, sample_rate, job.num_rounds * steps_per_round, job.accountant, **_orders(job)
     )
     return NoisePlan(float(sigma), sample_rate, steps_per_round, batch_size)
 
@@ -126,7 +120,7 @@ def epsilon_of(history: list[tuple[float, float, int]], job: RoundConfig) -> flo
         return 0.0
     accountant = make_accountant(job.accountant)
     accountant.history = list(history)
-    return float(accountant.get_epsilon(delta=job.delta, **_orders(job)))
+    return accountant_epsilon(accountant, job.delta, **_orders(job))
 
 
 def _orders(job: RoundConfig) -> dict:

@@ -40,7 +40,8 @@ class ChurnLTVNet(nn.Module):
 
     ``layer_norm`` adds LayerNorm after each hidden Linear (Opacus-compatible, unlike BatchNorm). It changes nothing
     without DP but is worth ~0.01 LTV Gini under DP-SGD on CDNOW (activations keep their scale under noisy
-    updates), for a somewhat slower DP step (Opacus 1.6 has no ghost-clipping norm sampler for LayerNorm).
+    updates), for a somewhat slower DP step (Opacus 1.6 has no ghost-clipping norm sampler for LayerNorm;
+    ``models.dp_samplers`` registers one).
 
     ``ltv_loc_init`` / ``ltv_sigma_init`` set the initial ``mu`` bias (log-dollars) and the initial ``sigma``: spend is
     in the tens of dollars, and starting the log-normal near the right scale saves hundreds of optimiser steps,

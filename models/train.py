@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,7 @@ from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, Dataset
 
+import models.dp_samplers  # noqa: F401  (registers the ghost-clipping norm samplers train() relies on)
 from models.nets import ChurnLTVLoss, ziln_expected_value
 
 DEFAULT_EPOCHS = 40
@@ -98,14 +100,14 @@ def make_accountant(kind: str = "rdp") -> IAccountant:
 
 
 def noise_for_budget(
-    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp", **kwargs
 ) -> float:
     """Noise multiplier sigma such that ``steps`` Poisson-sampled steps at rate ``sample_rate`` spend
-    ``target_epsilon`` (at ``delta``) under the given accountant."""
-    with warnings.catch_warnings():
+    ``target_epsilon`` (at ``delta``) under the given accountant (``kwargs``, e.g. RDP ``alphas``, go to its
+    ``get_epsilon``)."""
+    with _quiet_orders():
         # The binary search visits tiny sigmas whose best Renyi order is the largest one tried; Opacus warns about
         # each; the sigma returned still meets the target.
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return float(
             get_noise_multiplier(
                 target_epsilon=target_epsilon,
@@ -113,6 +115,7 @@ def noise_for_budget(
                 sample_rate=sample_rate,
                 steps=steps,
                 accountant=accountant,
+                **kwargs,
             )
         )
 
@@ -121,7 +124,21 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
     """Epsilon of a list of ``(noise_multiplier, sample_rate, steps)`` segments, composed."""
     acc = make_accountant(accountant)
     acc.history = [tuple(h) for h in history]
-    return float(acc.get_epsilon(delta=delta)) if history else 0.0
+    return accountant_epsilon(acc, delta) if history else 0.0
+
+
+def accountant_epsilon(accountant: IAccountant, delta: float, **kwargs) -> float:
+    """``accountant.get_epsilon(delta, **kwargs)`` without Opacus' "largest alpha" warning: the PRV accountant bounds
+    its domain with an RDP pass that warns on every call, though the epsilon it returns is its proven upper bound."""
+    with _quiet_orders():
+        return float(accountant.get_epsilon(delta=delta, **kwargs))
+
+
+@contextmanager
+def _quiet_orders():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        yield
 
 
 def _as_tensor(a, dtype=torch.float32) -> torch.Tensor:
@@ -227,10 +244,12 @@ def train(
             if net is not model:
                 net._close()  # drop Opacus hooks and per-example attributes; `model` keeps the trained weights
     if engine is not None:
-        report.epsilon = float(engine.accountant.get_epsilon(delta=dp.delta))
-        report.epsilon_round = epsilon_of(
-            [(report.noise_multiplier, report.sample_rate, report.steps)], dp.delta, report.accountant
-        )
+        report.epsilon = accountant_epsilon(engine.accountant, dp.delta)
+        this_call = [(report.noise_multiplier, report.sample_rate, report.steps)]
+        if [tuple(h) for h in engine.accountant.history] == this_call:
+            report.epsilon_round = report.epsilon  # a fresh accountant: its whole history is this call's steps
+        else:
+            report.epsilon_round = epsilon_of(this_call, dp.delta, report.accountant)
     report.seconds = time.perf_counter() - started
     model.eval()
     return report
@@ -300,6 +319,7 @@ __all__ = [
     "make_accountant",
     "noise_for_budget",
     "epsilon_of",
+    "accountant_epsilon",
     "DEFAULT_EPOCHS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_LR",

@@ -176,6 +176,29 @@ def test_partner_refuses_a_round_beyond_the_job_budget_and_keeps_its_spend(tmp_p
         train_privately(ChurnLTVNet(rows.X.shape[1]), rows, the_job, RecordDict(), state_dir)
 
 
+def test_a_prv_job_composes_its_rounds_to_the_target_and_refuses_one_more(tmp_path, ledger):
+    """A job with ``accountant = "prv"``: the partner plans less noise than under RDP, its rounds compose under PRV
+    up to the job's epsilon, and a round past the plan is refused before training. (ε 0.5 and batch 16 keep sigma large and
+    the sample rate small: at a small sigma and a sample rate near 1/2 each PRV composition takes seconds.)"""
+    from client.data import load_eligible_rows
+    from client.privacy import plan_noise
+    from models.nets import ChurnLTVNet
+
+    prv_job = job(rounds=2, accountant="prv", target_epsilon=0.5, batch_size=16)
+    rows = load_eligible_rows(ledger, DATA, "loyal", prv_job.round_config(1)).train
+    n = rows.X.shape[0]
+    rdp_job = job(rounds=2, target_epsilon=0.5, batch_size=16)
+    assert plan_noise(n, prv_job.round_config(1)).noise_multiplier < plan_noise(n, rdp_job.round_config(1)).noise_multiplier
+    state, state_dir = RecordDict(), str(tmp_path / "prv")
+    done = [train_privately(ChurnLTVNet(rows.X.shape[1]), rows, prv_job.round_config(r), state, state_dir)
+            for r in (1, 2)]  # fmt: skip
+    assert 0 < done[0].epsilon < done[1].epsilon <= prv_job.target_epsilon + 1e-6
+    assert done[1].epsilon == pytest.approx(prv_job.target_epsilon, rel=0.05)
+    assert spent_so_far(RecordDict(), prv_job.round_config(2), state_dir) == pytest.approx(done[1].epsilon, rel=1e-6)
+    with pytest.raises(BudgetExceeded):
+        train_privately(ChurnLTVNet(rows.X.shape[1]), rows, prv_job.round_config(3), state, state_dir)
+
+
 def test_the_lr_schedule_reaches_partner_training_and_an_unknown_one_is_refused(tmp_path, ledger, monkeypatch):
     import dataclasses
 

@@ -165,6 +165,49 @@ def test_ghost_clipping_with_our_loss_is_per_example_clipping():
     net._close()
 
 
+def test_cohort_norm_samplers_give_the_per_example_norms_of_hooks_mode():
+    """models.dp_samplers' LayerNorm and Linear norm samplers are the ones ghost mode uses, and the per-example
+    gradient norms they give (per parameter and in total) are those of Opacus' hooks mode, which materialises every
+    example's gradient; LayerNorm's weight and bias are randomised so that neither norm is trivial."""
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    from models import dp_samplers
+
+    samplers = GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+    assert samplers[torch.nn.LayerNorm] is dp_samplers.layer_norm_norm_sample
+    assert samplers[torch.nn.Linear] is dp_samplers.linear_norm_sample
+    X, churn, ltv = (torch.tensor(a, dtype=torch.float64) for a in _toy(64))
+    torch.manual_seed(1)
+    base = ChurnLTVNet(6, hidden=(16, 8)).double()
+    with torch.no_grad():
+        for layer in base.modules():
+            if isinstance(layer, torch.nn.LayerNorm):
+                layer.weight.uniform_(0.5, 1.5)
+                layer.bias.uniform_(-0.3, 0.3)
+    norms = {}
+    for mode in ("hooks", "ghost"):
+        model = ChurnLTVNet(6, hidden=(16, 8)).double()
+        model.load_state_dict(base.state_dict())
+        wrapped = PrivacyEngine(accountant="rdp").make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), criterion=ChurnLTVLoss(),
+            data_loader=DataLoader(TensorDataset(X, churn, ltv), batch_size=64), noise_multiplier=0.0,
+            max_grad_norm=1.0, poisson_sampling=False, grad_sample_mode=mode,
+        )
+        net = wrapped[0]
+        criterion = wrapped[2] if mode == "ghost" else ChurnLTVLoss()  # hooks mode returns no criterion
+        criterion(*net(X), churn, ltv).backward()
+        if mode == "hooks":
+            norms[mode] = {n: p.grad_sample.reshape(64, -1).norm(dim=1) for n, p in net.named_parameters()}
+        else:
+            norms[mode] = {n: p._norm_sample.clone() for n, p in net.named_parameters()}
+            total = net.per_sample_gradient_norms
+        net._close()
+    assert set(norms["ghost"]) == set(norms["hooks"]) and any("trunk.1" in n for n in norms["ghost"])
+    for name, expected in norms["hooks"].items():
+        torch.testing.assert_close(norms["ghost"][name], expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(total, torch.stack(list(norms["hooks"].values())).norm(dim=0), rtol=1e-9, atol=1e-12)
+
+
 def test_train_without_dp_learns_and_is_deterministic():
     X, churn, ltv = _toy()
     a, b = ChurnLTVNet(6, hidden=(16, 8)), ChurnLTVNet(6, hidden=(16, 8))
@@ -203,6 +246,24 @@ def test_target_epsilon_is_met():
                    dp=DPConfig(target_epsilon=2.0, delta=1e-5))
     assert report.epsilon <= 2.0 + 1e-6
     assert report.epsilon == pytest.approx(2.0, rel=0.05)
+
+
+def test_prv_accountant_meets_the_target_with_less_noise_than_rdp():
+    """The PRV accountant (the quality benchmark's) proves the same (epsilon, delta) with a smaller sigma; the
+    epsilon train reports is PRV's upper bound and the same steps cost more than the target under RDP."""
+    X, churn, ltv = _toy()
+    reports = {
+        kind: train(ChurnLTVNet(6, hidden=(16, 8)), X, churn, ltv, epochs=2, batch_size=100,
+                    dp=DPConfig(target_epsilon=2.0, delta=1e-5, accountant=kind))
+        for kind in ("rdp", "prv")
+    }
+    prv = reports["prv"]
+    assert prv.accountant == "prv"
+    assert prv.epsilon <= 2.0 + 1e-6 and prv.epsilon == pytest.approx(2.0, rel=0.05)
+    assert prv.noise_multiplier < reports["rdp"].noise_multiplier
+    segments = [(prv.noise_multiplier, prv.sample_rate, prv.steps)]
+    assert epsilon_of(segments, 1e-5, "prv") == pytest.approx(prv.epsilon, rel=1e-6)
+    assert epsilon_of(segments, 1e-5, "rdp") > 2.0
 
 
 def test_rounds_compose_through_a_persistent_accountant():
