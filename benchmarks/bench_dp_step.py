@@ -250,8 +250,8 @@ def main(argv=None) -> int:
     return 0
 
 
-DP_STEP_NOTES = """Why not ≤ 2×: a ghost-clipping step is a forward pass that keeps every hooked layer's input, a backward
-pass that also computes every example's gradient norm, a second backward pass with the per-example clip factors
+DP_STEP_NOTES = """Why not ≤ 2×: a ghost-clipping step is a forward pass that keeps every hooked layer's input, a
+backward pass that also computes every example's gradient norm, a second backward pass with the per-example clip factors
 folded into the loss, and the noise; the second backward alone puts the floor near 1.4×. `models.dp_samplers`
 registers exact norm samplers for LayerNorm (Opacus 1.6 has none, so ghost mode materialised LayerNorm's
 per-example gradients) and for 2-D Linear inputs (a product of two row norms instead of three einsums) through
@@ -261,7 +261,8 @@ and `train` now computes ε once when its accountant is fresh. What is left, tim
 first backward 1.03 / 2.70, clip factors – / 0.58, second backward – / 1.27, DP optimiser pre-step (a deep copy
 of every gradient, noise, scaling) – / 0.68, Adam 0.50 / 0.52. Most of these grow with the batch (Opacus scales
 every hooked layer's backprops by n, computes every parameter's gradient in the first backward only to discard it,
-and reduces the stacked norms with a slow `norm(dim=0)`), so the ratio does not fall at 4096 or 8192 either. In the same scratch measurements only a
+and reduces the stacked norms with a slow `norm(dim=0)`), so the ratio does not fall at 4096 or 8192 either.
+In the same scratch measurements only a
 LayerNorm without affine parameters (a different model, ~0.01 Gini under DP is credited to LayerNorm) plus
 patches to Opacus' internals reached 1.96× at 2048; neither is taken. Opacus' default hooks mode, which
 materialises per-example gradients, is far slower (bare-step tables). Memory is not the issue: the DP run's

@@ -178,8 +178,9 @@ def test_partner_refuses_a_round_beyond_the_job_budget_and_keeps_its_spend(tmp_p
 
 def test_a_prv_job_composes_its_rounds_to_the_target_and_refuses_one_more(tmp_path, ledger):
     """A job with ``accountant = "prv"``: the partner plans less noise than under RDP, its rounds compose under PRV
-    up to the job's epsilon, and a round past the plan is refused before training. (ε 0.5 and batch 16 keep sigma large and
-    the sample rate small: at a small sigma and a sample rate near 1/2 each PRV composition takes seconds.)"""
+    up to the job's epsilon, and a round past the plan is refused before training. (ε 0.5 and batch 16 keep sigma
+    large and the sample rate small: at a small sigma and a sample rate near 1/2 each PRV composition takes
+    seconds.)"""
     from client.data import load_eligible_rows
     from client.privacy import plan_noise
     from models.nets import ChurnLTVNet
@@ -188,7 +189,8 @@ def test_a_prv_job_composes_its_rounds_to_the_target_and_refuses_one_more(tmp_pa
     rows = load_eligible_rows(ledger, DATA, "loyal", prv_job.round_config(1)).train
     n = rows.X.shape[0]
     rdp_job = job(rounds=2, target_epsilon=0.5, batch_size=16)
-    assert plan_noise(n, prv_job.round_config(1)).noise_multiplier < plan_noise(n, rdp_job.round_config(1)).noise_multiplier
+    prv_sigma = plan_noise(n, prv_job.round_config(1)).noise_multiplier
+    assert prv_sigma < plan_noise(n, rdp_job.round_config(1)).noise_multiplier
     state, state_dir = RecordDict(), str(tmp_path / "prv")
     done = [train_privately(ChurnLTVNet(rows.X.shape[1]), rows, prv_job.round_config(r), state, state_dir)
             for r in (1, 2)]  # fmt: skip
