@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from client.data import SyntheticPlatforms  # noqa: E402
 from client.privacy import plan_noise  # noqa: E402
+from client.protocol import lr_decays  # noqa: E402
 from cohort.demo import PLANS  # noqa: E402
 from cohort.demo_world import CATEGORIES  # noqa: E402
 from models.metrics import evaluate  # noqa: E402
@@ -64,7 +65,7 @@ def federated(parts: dict, rounds: int, local: int, schedule: str, seed: int, ep
             model = fresh(n_features, seed)
             set_weights(model, weights)
             train(model, train_rows.X, train_rows.churn, train_rows.ltv, epochs=local, batch_size=plan.batch_size,
-                  lr=job.lr, lr_decay=schedule == "cosine", seed=seed * 1000 + r * 10 + k,
+                  lr=job.lr, lr_decay=lr_decays(schedule), seed=seed * 1000 + r * 10 + k,
                   dp=DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=job.max_grad_norm))  # fmt: skip
             updates.append(get_weights(model))
             sizes.append(len(train_rows.churn))
@@ -77,7 +78,7 @@ def federated(parts: dict, rounds: int, local: int, schedule: str, seed: int, ep
 def local_only(train_rows, epochs: int, schedule: str, seed: int, epsilon: float) -> ChurnLTVNet:
     model = fresh(train_rows.X.shape[1], seed)
     train(model, train_rows.X, train_rows.churn, train_rows.ltv, epochs=epochs, batch_size=DEMO.batch_size,
-          lr=DEMO.lr, lr_decay=schedule == "cosine", seed=seed,
+          lr=DEMO.lr, lr_decay=lr_decays(schedule), seed=seed,
           dp=DPConfig(target_epsilon=epsilon, max_grad_norm=DEMO.max_grad_norm))  # fmt: skip
     return model
 

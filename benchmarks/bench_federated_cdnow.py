@@ -128,7 +128,7 @@ def run(args) -> dict:
 
     from client.cdnow import CDNOWPartners
     from client.consent_link import LinkByURL, link_url
-    from client.protocol import record_to_arrays
+    from client.protocol import lr_decays, record_to_arrays
     from models.calibration import SpendCalibration
     from models.metrics import evaluate
     from models.nets import ChurnLTVNet, set_weights
@@ -211,7 +211,7 @@ def run(args) -> dict:
                 torch.manual_seed(job.seed)  # the federated job's initial weights
                 model = ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)
             report = train(model, r.X, r.churn, r.ltv, epochs=job.rounds * job.local_epochs,
-                           batch_size=job.batch_size, lr=job.lr, lr_decay=job.lr_schedule == "cosine",
+                           batch_size=job.batch_size, lr=job.lr, lr_decay=lr_decays(job.lr_schedule),
                            seed=args.seed + 1 + fold, dp=DPConfig(target_epsilon=job.target_epsilon, delta=job.delta,
                                        max_grad_norm=job.max_grad_norm))  # fmt: skip
             local_sigma[p] = report.noise_multiplier

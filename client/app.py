@@ -131,9 +131,10 @@ def calibrated_metrics(model: ChurnLTVNet, rows: EligibleRows, ltv_pred) -> dict
     from models.metrics import decile_mape
 
     train = rows.train
-    if int(np.asarray(train.X).shape[0]) == 0:
+    calibration = SpendCalibration.for_partner(predict(model, train.X)[1], train.ltv)
+    if calibration is None:
         return {}
-    served = SpendCalibration.for_partner(predict(model, train.X)[1], train.ltv).apply(ltv_pred)
+    served = calibration.apply(ltv_pred)
     total = float(np.sum(rows.evaluation.ltv))
     out = {"decile_mape_calibrated": decile_mape(rows.evaluation.ltv, served)}
     if total > 0:

@@ -33,9 +33,10 @@ from pathlib import Path
 from flwr.app import ConfigRecord, RecordDict
 
 from client.data import FeatureRows
-from client.protocol import LR_SCHEDULES, RoundConfig
+from client.protocol import LR_SCHEDULES, RoundConfig, lr_decays
 from client.state_files import job_file, write_json
-from models.train import DPConfig, TrainReport, accountant_epsilon, make_accountant, noise_for_budget, train
+from models.train import DPConfig, TrainReport, make_accountant, noise_for_budget, train
+from models.train import epsilon_of as models_epsilon_of
 
 STATE_KEY = "privacy"
 EPSILON_SLACK = 1e-6  # the calibrated sigma spends <= target; this only absorbs float noise in the accountant
@@ -116,11 +117,7 @@ def spent_so_far(state: RecordDict, job: RoundConfig, state_dir: str | None = No
 
 def epsilon_of(history: list[tuple[float, float, int]], job: RoundConfig) -> float:
     """Epsilon of ``(noise_multiplier, sample_rate, steps)`` segments, composed (0 for none)."""
-    if not history:
-        return 0.0
-    accountant = make_accountant(job.accountant)
-    accountant.history = list(history)
-    return accountant_epsilon(accountant, job.delta, **_orders(job))
+    return models_epsilon_of(history, job.delta, job.accountant, **_orders(job))
 
 
 def _orders(job: RoundConfig) -> dict:
@@ -158,26 +155,27 @@ def _train_privately(model, rows: FeatureRows, job: RoundConfig, state: RecordDi
         epochs=job.local_epochs,
         batch_size=plan.batch_size,
         lr=job.lr,
-        lr_decay=job.lr_schedule == "cosine",
+        lr_decay=lr_decays(job.lr_schedule),
         dp=DPConfig(
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=job.max_grad_norm,
             delta=job.delta,
             accountant=job.accountant,
+            # train() reports epsilon with the budget check's orders, so the number a partner reports (computed
+            # once, there) is the one it enforces.
+            rdp_orders=RDP_ORDERS if job.accountant == "rdp" else None,
         ),
         seed=secrets.randbits(31),
         accountant=accountant,
     )
     rounds_trained = _rounds(state, job.job_id) + 1
-    history = [tuple(h) for h in accountant.history]
-    _save_history(state, job.job_id, history, rounds_trained)
+    _save_history(state, job.job_id, [tuple(h) for h in accountant.history], rounds_trained)
     _persist(state, job.job_id, state_dir)
-    # Reported with the same orders as the budget check, so the number a partner reports is the one it enforces.
     return PrivateRound(
         report=report,
         plan=plan,
-        epsilon=epsilon_of(history, job),
-        epsilon_round=epsilon_of([(plan.noise_multiplier, plan.sample_rate, report.steps)], job),
+        epsilon=report.epsilon,
+        epsilon_round=report.epsilon_round,
         rounds_trained=rounds_trained,
     )
 

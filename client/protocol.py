@@ -27,6 +27,11 @@ EPSILON = "epsilon"  # cumulative epsilon this partner has spent in this job, af
 LR_SCHEDULES = ("cosine", "constant")  # models.train: cosine decay to 0 within each round's training, or a flat lr
 
 
+def lr_decays(lr_schedule: str) -> bool:
+    """``models.train.train``'s ``lr_decay`` flag for a schedule of ``LR_SCHEDULES``."""
+    return lr_schedule == "cosine"
+
+
 @dataclass(frozen=True)
 class RoundConfig:
     """What a partner needs to know to take part in one round of a job.

@@ -14,7 +14,7 @@ import torch
 
 from client.consent_link import ConsentLink
 from client.data import EligibleRows, load_eligible_rows
-from client.protocol import record_to_arrays
+from client.protocol import lr_decays, record_to_arrays
 from models.calibration import SpendCalibration
 from models.metrics import evaluate
 from models.nets import ChurnLTVNet, set_weights
@@ -51,7 +51,7 @@ def comparison(result: JobResult, rows: dict[str, EligibleRows], epochs: int = 1
     pooled_c = np.concatenate([r.train.churn for r in rows.values()])
     pooled_l = np.concatenate([r.train.ltv for r in rows.values()])
     central = _fresh(job, n_features, 1)
-    decay = job.lr_schedule == "cosine"  # every model trains on the job's schedule
+    decay = lr_decays(job.lr_schedule)  # every model trains on the job's schedule
     train(central, pooled_X, pooled_c, pooled_l, epochs=epochs, batch_size=job.batch_size, lr=job.lr,
           lr_decay=decay, seed=1)  # fmt: skip
     out = []
@@ -61,9 +61,10 @@ def comparison(result: JobResult, rows: dict[str, EligibleRows], epochs: int = 1
         train(local, r.train.X, r.train.churn, r.train.ltv, epochs=epochs, batch_size=job.batch_size, lr=job.lr,
               lr_decay=decay, dp=dp, seed=2)  # fmt: skip
         served = SpendCalibration.for_partner(predict(fed, r.train.X)[1], r.train.ltv)
+        scores = {model: predict(model, r.evaluation.X) for model in (fed, local, central)}
         for name, model, calibration in (("federated, DP", fed, None), (CALIBRATED, fed, served),
                                          ("local only, DP", local, None), ("centralized, no DP", central, None)):
-            churn_prob, ltv_pred = predict(model, r.evaluation.X)
+            churn_prob, ltv_pred = scores[model]
             if calibration is not None:
                 ltv_pred = calibration.apply(ltv_pred)
             m = evaluate(r.evaluation.churn, churn_prob, r.evaluation.ltv, ltv_pred)

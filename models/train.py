@@ -55,6 +55,8 @@ class DPConfig:
     CDNOW, 20 still clips most high spenders (their log-normal gradients reach 30-70) and the predicted total spend
     comes out 25-35% low; C = 40-50 keeps it within ~10% at the same epsilon (``models/quality.py`` uses 50).
     ``accountant`` is Opacus' "rdp" (Renyi DP, conservative) or "prv" (privacy random variables, tighter).
+    ``rdp_orders``: the Renyi orders of the epsilon ``train`` reports under "rdp" (``None``: Opacus' defaults); a
+    partner passes the orders its budget check uses, so the epsilon it reports is the one it enforces.
     """
 
     noise_multiplier: float | None = None
@@ -62,6 +64,12 @@ class DPConfig:
     max_grad_norm: float = 20.0
     delta: float = 1e-5
     accountant: str = "rdp"
+    rdp_orders: tuple[float, ...] | None = None
+
+    @property
+    def epsilon_options(self) -> dict:
+        """Keyword arguments of the accountant's ``get_epsilon`` for the epsilon ``train`` reports."""
+        return {"alphas": list(self.rdp_orders)} if self.accountant == "rdp" and self.rdp_orders else {}
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -120,11 +128,12 @@ def noise_for_budget(
         )
 
 
-def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
-    """Epsilon of a list of ``(noise_multiplier, sample_rate, steps)`` segments, composed."""
+def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp", **kwargs) -> float:
+    """Epsilon of a list of ``(noise_multiplier, sample_rate, steps)`` segments, composed (``kwargs`` go to the
+    accountant's ``get_epsilon``, e.g. RDP ``alphas``)."""
     acc = make_accountant(accountant)
     acc.history = [tuple(h) for h in history]
-    return accountant_epsilon(acc, delta) if history else 0.0
+    return accountant_epsilon(acc, delta, **kwargs) if history else 0.0
 
 
 def accountant_epsilon(accountant: IAccountant, delta: float, **kwargs) -> float:
@@ -244,12 +253,12 @@ def train(
             if net is not model:
                 net._close()  # drop Opacus hooks and per-example attributes; `model` keeps the trained weights
     if engine is not None:
-        report.epsilon = accountant_epsilon(engine.accountant, dp.delta)
+        report.epsilon = accountant_epsilon(engine.accountant, dp.delta, **dp.epsilon_options)
         this_call = [(report.noise_multiplier, report.sample_rate, report.steps)]
         if [tuple(h) for h in engine.accountant.history] == this_call:
             report.epsilon_round = report.epsilon  # a fresh accountant: its whole history is this call's steps
         else:
-            report.epsilon_round = epsilon_of(this_call, dp.delta, report.accountant)
+            report.epsilon_round = epsilon_of(this_call, dp.delta, report.accountant, **dp.epsilon_options)
     report.seconds = time.perf_counter() - started
     model.eval()
     return report
