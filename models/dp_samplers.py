@@ -1,11 +1,12 @@
-"""Per-example gradient norms for Opacus' ghost clipping, for the two layer types the partner model trains.
+"""Per-example gradient norms for Opacus' ghost clipping, for the two layer types the partner model can train.
 
 Ghost clipping (``grad_sample_mode="ghost"``, what ``models.train`` uses) needs each example's gradient norm per
 parameter, not the gradient itself. Opacus 1.6 computes them through a table of "norm samplers" per layer type,
 which it lets users extend (``opacus.grad_sample.utils.register_norm_sampler``); importing this module registers:
 
-* ``nn.LayerNorm``: Opacus has no norm sampler for it, so ghost mode falls back to materialising every example's
-  LayerNorm gradient in a zero-filled buffer. For ``y = x_hat * w + b`` the example's gradients are
+* ``nn.LayerNorm`` with affine parameters (``ChurnLTVNet(layer_norm_affine=True)``; the default LayerNorm has none
+  and is not hooked at all): Opacus has no norm sampler for it, so ghost mode falls back to materialising every
+  example's LayerNorm gradient in a zero-filled buffer. For ``y = x_hat * w + b`` the example's gradients are
   ``dw_i = g_i * x_hat_i`` and ``db_i = g_i`` (summed over any dimensions between batch and the normalised ones),
   so their norms are two row norms; ``x_hat`` is recomputed with ``F.layer_norm`` (no affine) from the captured input.
 * ``nn.Linear`` with a 2-D input ``[n, d]`` (the MLP's case): the example's weight gradient is the outer product
@@ -13,8 +14,9 @@ which it lets users extend (``opacus.grad_sample.utils.register_norm_sampler``);
   the same numbers through three einsum/bmm calls; inputs with more dimensions still go to Opacus' sampler.
 
 Both are exact (``tests/test_nets_train.py`` compares them with the per-example gradients of Opacus' hooks mode);
-they cut the DP step's time by ~12% at batch 2048 (``benchmarks/bench_dp_step.py``). Registration is process-wide
-and idempotent; it must follow Opacus' own (importing ``opacus.grad_sample.linear`` first sees to that).
+with an affine LayerNorm they cut the DP step's time by ~12% at batch 2048 (``benchmarks/bench_dp_step.py``).
+Registration is process-wide and idempotent; it must follow Opacus' own (importing ``opacus.grad_sample.linear``
+first sees to that).
 """
 
 from __future__ import annotations

@@ -56,6 +56,7 @@ TARGETS = {
 }
 _SHORT = {"churn_auc": "AUC", "ltv_gini": "Gini", "decile_mape": "MAPE"}
 ACCOUNTANT_NAMES = {"rdp": "RDP accountant", "prv": "PRV accountant (upper bound)"}
+LAYER_NORM_TEXT = "LayerNorm after each ReLU (no affine parameters), "
 
 
 @dataclass(frozen=True)
@@ -373,11 +374,12 @@ def _cdnow_doc(rows, settings: QualitySettings, seconds: float, images: dict) ->
         "; ± = standard deviation over the repeats). BG/NBD and Gamma-Gamma see only the training folds' calibration "
         "RFM. Metric definitions: `models/metrics.py` (ties in a score resolved in expectation).",
         "",
-        f"MLP: hidden {settings.mlp.hidden}, {'LayerNorm, ' if settings.mlp.layer_norm else ''}Adam, lr "
+        f"MLP: hidden {settings.mlp.hidden}, {LAYER_NORM_TEXT if settings.mlp.layer_norm else ''}Adam, lr "
         f"{settings.mlp.lr:g} cosine-decayed, {settings.mlp.epochs} epochs of batch {settings.mlp.batch_size}. "
         f"DP-SGD (Opacus ghost clipping, Poisson sampling, {ACCOUNTANT_NAMES[settings.accountant]}, "
         f"δ={settings.delta:g}): hidden {dp.hidden}"
-        f"{', LayerNorm' if dp.layer_norm else ''}, clip C={dp.max_grad_norm:g}, {dp.epochs} epochs, expected batch "
+        f"{', ' + LAYER_NORM_TEXT.rstrip(', ') if dp.layer_norm else ''}, clip C={dp.max_grad_norm:g}, {dp.epochs} "
+        f"epochs, expected batch "
         f"{dp.batch_size}, lr {dp.lr:g}; σ calibrated per ε for each fold's 18,856 training rows; 'ε spent' is the "
         "largest over folds and repeats.",
         "",
@@ -419,7 +421,13 @@ CDNOW_NOTES = """Notes (observations made while tuning, not re-measured by every
 - DP-SGD and the spend scale: with the brief's clip C = 20 the ZILN sigma and zero-probability are biased down
   (high spenders' per-example gradients, 30-70 in norm, are clipped) and the total predicted spend comes out
   25-35% low (Σpred/Σtrue 0.65-0.75, decile MAPE ≈ 0.22 at ε=3). C = 50 with fewer, larger steps (batch 2048)
-  brings Σpred/Σtrue to ≈ 0.92 and the MAPE under 0.08. LayerNorm is worth ~0.01 Gini under DP (nothing without)."""
+  brings Σpred/Σtrue to ≈ 0.92 and the MAPE under 0.08. LayerNorm is worth ~0.01 Gini under DP (nothing without).
+- LayerNorm placement (2026-12-01, this protocol): the trunk was Linear, affine LayerNorm, ReLU; it is now
+  Linear, ReLU, LayerNorm without parameters (after a ReLU the scale and shift fold into the next Linear layer,
+  and a parameter-free LayerNorm is one hooked layer less per DP step: `docs/benchmarks.md`, "DP-SGD step
+  cost"). Same scripts, 3 repeats, affine-before-ReLU vs parameter-free-after-ReLU: DP ε=3 AUC 0.7700 / 0.7703,
+  Gini 0.717 / 0.719, MAPE 0.082 / 0.069; non-private 0.7716 / 0.7716 AUC, 0.723 / 0.723 Gini. A parameter-free
+  LayerNorm before the ReLU measured 0.7698 / 0.717 at ε=3 and lost 0.01-0.02 Gini on the synthetic platforms."""
 
 
 def _synthetic_doc(rows, settings: QualitySettings) -> str:

@@ -3,9 +3,9 @@
 ``train(model, X, churn, ltv, ...)`` trains ``model`` in place (warm start: set the global weights first with
 ``nets.set_weights``) and returns a ``TrainReport``. With ``dp=DPConfig(...)`` the same loop runs under Opacus:
 Poisson sampling of each batch (every row independently with rate ``q = 1 / ceil(n / batch_size)``), per-example
-gradients clipped to ``max_grad_norm`` (Opacus ghost clipping: exact per-example norms, no per-example gradients),
-Gaussian noise of std ``noise_multiplier * max_grad_norm`` added to their sum, and the steps recorded by an
-accountant. One row is one user, so the guarantee is user-level within a partner.
+gradients clipped to ``max_grad_norm`` (Opacus ghost clipping, through ``models.dp_engine``: exact per-example
+norms, no per-example gradients), Gaussian noise of std ``noise_multiplier * max_grad_norm`` added to their sum, and
+the steps recorded by an accountant. One row is one user, so the guarantee is user-level within a partner.
 
 Composing federated rounds (one accountant per partner, kept across rounds and jobs)::
 
@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
 from opacus.accountants import IAccountant, create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, Dataset
 
 import models.dp_samplers  # noqa: F401  (registers the ghost-clipping norm samplers train() relies on)
+from models.dp_engine import CohortPrivacyEngine
 from models.nets import ChurnLTVLoss, ziln_expected_value
 
 DEFAULT_EPOCHS = 40
@@ -138,7 +138,10 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
 
 def accountant_epsilon(accountant: IAccountant, delta: float, **kwargs) -> float:
     """``accountant.get_epsilon(delta, **kwargs)`` without Opacus' "largest alpha" warning: the PRV accountant bounds
-    its domain with an RDP pass that warns on every call, though the epsilon it returns is its proven upper bound."""
+    its domain with an RDP pass that warns on every call, though the epsilon it returns is its proven upper bound.
+    A step without noise (sigma 0) has no finite epsilon: ``inf`` for both accountants (PRV would overflow)."""
+    if any(float(sigma) == 0.0 for sigma, _, _ in accountant.history):
+        return math.inf
     with _quiet_orders():
         return float(accountant.get_epsilon(delta=delta, **kwargs))
 
@@ -283,7 +286,7 @@ def _make_private(model, optimizer, criterion, loader, dp: DPConfig, epochs: int
         # Opacus warns that secure_mode (a CSPRNG for noise and sampling) is off: benchmarks and tests want seeded,
         # reproducible runs; the accountant's guarantee is computed the same way.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
-        engine = PrivacyEngine(accountant=dp.accountant)
+        engine = CohortPrivacyEngine(accountant=dp.accountant)
     if accountant is not None:
         engine.accountant = accountant
     if dp.noise_multiplier is not None:

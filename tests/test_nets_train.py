@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 from opacus import PrivacyEngine
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 
+from models.dp_engine import CohortGhostModule, CohortGhostOptimizer, CohortPrivacyEngine
 from models.nets import (
     SIGMA_EPS, ChurnLTVLoss, ChurnLTVNet, churn_ltv_loss, get_weights, set_weights, weight_names, ziln_expected_value,
     ziln_loss,
@@ -135,9 +138,10 @@ def test_set_weights_refuses_wrong_shapes_counts_and_nan():
         set_weights(model, bad)
 
 
-def test_ghost_clipping_with_our_loss_is_per_example_clipping():
-    """What train() hands Opacus (ghost mode + ChurnLTVLoss) yields the mean of per-example gradients each
-    clipped to C, computed here one example at a time (noise switched off)."""
+@pytest.mark.parametrize("engine", [PrivacyEngine, CohortPrivacyEngine], ids=["opacus", "cohort"])
+def test_ghost_clipping_with_our_loss_is_per_example_clipping(engine):
+    """What train() hands Opacus (ghost mode + ChurnLTVLoss, through Opacus' engine or models.dp_engine's) yields
+    the mean of per-example gradients each clipped to C, computed here one example at a time (noise switched off)."""
     torch.manual_seed(0)
     X, churn, ltv = (torch.tensor(a) for a in _toy(8))
     model, reference = ChurnLTVNet(6, hidden=(8,)), ChurnLTVNet(6, hidden=(8,))
@@ -153,7 +157,7 @@ def test_ghost_clipping_with_our_loss_is_per_example_clipping():
             e += g * min(1.0, C / (norm.item() + 1e-6)) / 8
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     loader = DataLoader(TensorDataset(X, churn, ltv), batch_size=8)
-    net, optimizer, criterion, _ = PrivacyEngine(accountant="rdp").make_private(
+    net, optimizer, criterion, _ = engine(accountant="rdp").make_private(
         module=model, optimizer=optimizer, criterion=ChurnLTVLoss(), data_loader=loader, noise_multiplier=0.0,
         max_grad_norm=C, poisson_sampling=False, grad_sample_mode="ghost",
     )
@@ -168,7 +172,8 @@ def test_ghost_clipping_with_our_loss_is_per_example_clipping():
 def test_cohort_norm_samplers_give_the_per_example_norms_of_hooks_mode():
     """models.dp_samplers' LayerNorm and Linear norm samplers are the ones ghost mode uses, and the per-example
     gradient norms they give (per parameter and in total) are those of Opacus' hooks mode, which materialises every
-    example's gradient; LayerNorm's weight and bias are randomised so that neither norm is trivial."""
+    example's gradient; the LayerNorm is the affine one (``layer_norm_affine=True``) with its weight and bias
+    randomised so that neither norm is trivial."""
     from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
     from models import dp_samplers
@@ -178,7 +183,7 @@ def test_cohort_norm_samplers_give_the_per_example_norms_of_hooks_mode():
     assert samplers[torch.nn.Linear] is dp_samplers.linear_norm_sample
     X, churn, ltv = (torch.tensor(a, dtype=torch.float64) for a in _toy(64))
     torch.manual_seed(1)
-    base = ChurnLTVNet(6, hidden=(16, 8)).double()
+    base = ChurnLTVNet(6, hidden=(16, 8), layer_norm_affine=True).double()
     with torch.no_grad():
         for layer in base.modules():
             if isinstance(layer, torch.nn.LayerNorm):
@@ -186,7 +191,7 @@ def test_cohort_norm_samplers_give_the_per_example_norms_of_hooks_mode():
                 layer.bias.uniform_(-0.3, 0.3)
     norms = {}
     for mode in ("hooks", "ghost"):
-        model = ChurnLTVNet(6, hidden=(16, 8)).double()
+        model = ChurnLTVNet(6, hidden=(16, 8), layer_norm_affine=True).double()
         model.load_state_dict(base.state_dict())
         wrapped = PrivacyEngine(accountant="rdp").make_private(
             module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), criterion=ChurnLTVLoss(),
@@ -202,10 +207,42 @@ def test_cohort_norm_samplers_give_the_per_example_norms_of_hooks_mode():
             norms[mode] = {n: p._norm_sample.clone() for n, p in net.named_parameters()}
             total = net.per_sample_gradient_norms
         net._close()
-    assert set(norms["ghost"]) == set(norms["hooks"]) and any("trunk.1" in n for n in norms["ghost"])
+    assert set(norms["ghost"]) == set(norms["hooks"]) and any("trunk.2" in n for n in norms["ghost"])
     for name, expected in norms["hooks"].items():
         torch.testing.assert_close(norms["ghost"][name], expected, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(total, torch.stack(list(norms["hooks"].values())).norm(dim=0), rtol=1e-9, atol=1e-12)
+
+
+def test_cohort_engine_trains_as_opacus_engine_does(monkeypatch):
+    """models.dp_engine only computes two values faster: train() through it ends on the weights that train()
+    through opacus.PrivacyEngine reaches at the same seed (Poisson masks, clipping, noise), with the same epsilon;
+    it builds its own classes for single-process ghost mode only."""
+    from models import train as train_module
+
+    X, churn, ltv = _toy()
+    runs = {}
+    for name, engine in (("cohort", CohortPrivacyEngine), ("opacus", PrivacyEngine)):
+        monkeypatch.setattr(train_module, "CohortPrivacyEngine", engine)
+        torch.manual_seed(5)
+        model = ChurnLTVNet(6, hidden=(16, 8))
+        report = train(model, X, churn, ltv, epochs=3, batch_size=100, lr=1e-2, seed=2,
+                       dp=DPConfig(noise_multiplier=0.7, max_grad_norm=1.0))
+        runs[name] = (get_weights(model), report.epsilon)
+    assert runs["cohort"][1] == runs["opacus"][1]
+    for ours, theirs in zip(runs["cohort"][0], runs["opacus"][0]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert not all(np.array_equal(a, b) for a, b in zip(runs["cohort"][0], get_weights(ChurnLTVNet(6, (16, 8)))))
+
+    loader = DataLoader(TensorDataset(*(torch.tensor(a) for a in (X, churn, ltv))), batch_size=100)
+    for mode, module_class, optimizer_class in (("ghost", CohortGhostModule, CohortGhostOptimizer),
+                                                ("hooks", GradSampleModule, DPOptimizer)):
+        model = ChurnLTVNet(6, hidden=(16, 8))
+        wrapped = CohortPrivacyEngine(accountant="rdp").make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=ChurnLTVLoss(),
+            data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode,
+        )
+        assert type(wrapped[0]) is module_class and type(wrapped[1]) is optimizer_class
+        wrapped[0]._close()
 
 
 def test_train_without_dp_learns_and_is_deterministic():
@@ -285,6 +322,19 @@ def test_rounds_compose_through_a_persistent_accountant():
     assert reports[2].epsilon_round == pytest.approx(reports[0].epsilon_round)
     assert eps[2] == pytest.approx(epsilon_of(accountant.history, 1e-5), rel=1e-9)
     assert sum(steps for _, _, steps in accountant.history) == 18
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_noise_free_steps_have_infinite_epsilon(accountant):
+    """Clipping without noise (sigma 0) proves nothing: epsilon is inf under both accountants, not an error (Opacus'
+    PRV accountant overflows on it)."""
+    assert epsilon_of([(0.0, 0.1, 10)], 1e-5, accountant) == math.inf
+    assert epsilon_of([(1.0, 0.1, 10), (0.0, 0.1, 1)], 1e-5, accountant) == math.inf
+    assert math.isfinite(epsilon_of([(1.0, 0.1, 10)], 1e-5, accountant))
+    X, churn, ltv = _toy(200)
+    report = train(ChurnLTVNet(6, hidden=(8,)), X, churn, ltv, epochs=1, batch_size=50,
+                   dp=DPConfig(noise_multiplier=0.0, accountant=accountant))
+    assert report.epsilon == report.epsilon_round == math.inf
 
 
 def test_dp_config_validation():
