@@ -1,5 +1,6 @@
 """Bare optimiser step of the partner model under each Opacus grad_sample_mode, next to a non-private step: which
-per-example-gradient machinery is cheapest for a ~5,800-parameter MLP (the figure quoted under "DP-SGD step cost").
+per-example-gradient machinery is cheapest for the ~5,600-parameter MLP (the figures quoted under "DP-SGD step cost").
+Stock Opacus: its own ``PrivacyEngine`` and norm samplers (this script does not import ``models.dp_samplers``).
 
 One fixed batch of random rows, Adam, ``ChurnLTVLoss``; no Poisson sampling (the same batch every step), 10 warm-up
 steps, then the best of 5 × 50 steps per mode; ``torch.set_num_threads(1)``.
