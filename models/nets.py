@@ -45,8 +45,9 @@ class ChurnLTVNet(nn.Module):
     LayerNorm without parameters is a layer Opacus need not hook, ~1 ms less per DP step at batch 2048
     (``docs/benchmarks.md``, "DP-SGD step cost"). Measured against the earlier trunk (Linear, affine LayerNorm,
     ReLU): CDNOW, 5-fold, 3 repeats, DP ε=3: AUC 0.7703 / Gini 0.719 vs 0.7700 / 0.717; non-private 0.7716 / 0.723
-    both; the synthetic platforms' pooled DP model: Gini equal or higher on all three. ``layer_norm_affine=True``
-    adds the scale and shift back (``models.dp_samplers`` has their ghost-clipping norm sampler).
+    both; the synthetic platforms' pooled DP model (6 repeats): Gini equal or higher on all three.
+    ``layer_norm_affine=True`` adds the scale and shift back (``models.dp_samplers`` has their ghost-clipping norm
+    sampler).
 
     ``ltv_loc_init`` / ``ltv_sigma_init`` set the initial ``mu`` bias (log-dollars) and the initial ``sigma``: spend is
     in the tens of dollars, and starting the log-normal near the right scale saves hundreds of optimiser steps,
