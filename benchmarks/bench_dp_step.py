@@ -265,28 +265,31 @@ def main(argv=None) -> int:
 DP_STEP_NOTES = """What a DP step costs here: a ghost-clipping step is a forward pass that keeps every hooked layer's
 input, a backward pass that also computes every example's gradient norm, a second backward pass with the per-example
 clip factors folded into the loss, Gaussian noise on every parameter's gradient sum, and Poisson sampling of the
-batch; the second backward alone puts the floor near 1.3×. Three changes of 2026-12-01 took `train`'s ratio at batch
-2048 from 2.25× to 1.80× on this host (same script, same session):
+batch; the second backward alone puts the floor near 1.3×. Changes of 2026-12-01 took `train`'s ratio at batch 2048
+from 2.25× to 1.7× on this host (same scripts, same session):
 
 * the model's LayerNorms sit after the ReLU and have no parameters (`models/nets.py`: after a ReLU their scale and
   shift fold into the next Linear layer; measured equal or better in the quality tables). Opacus hooks only layers
   with parameters, so three hooked layers remain instead of five: the "affine" rows of the bare-step tables are the
   same step with the old LayerNorm;
-* `models.dp_engine.CohortPrivacyEngine`, Opacus' `PrivacyEngine` with two hot spots of Opacus 1.6 computed the fast
+* `models.dp_engine.CohortPrivacyEngine`, Opacus' `PrivacyEngine` with three hot spots of Opacus 1.6 done the fast
   way: the per-example total norm as the square root of summed squares (Opacus' `torch.stack(...).norm(2, dim=0)`
-  takes 460 µs for 6 × 2,048 norms on torch 2.13's CPU build, the sum of squares 30 µs) and the accumulated
-  gradient copied with `clone` instead of `copy.deepcopy`. The weights a `train` call ends on are the ones stock
-  Opacus gives at the same seed (`tests/test_nets_train.py`);
+  takes 460 µs for 6 × 2,048 norms on torch 2.13's CPU build, the sum of squares 30 µs); the accumulated gradient
+  copied with `clone` instead of `copy.deepcopy` (together ~0.4 ms a step at 2048); and for Linear and LayerNorm
+  layers the output gradient handed to Opacus' own backprop hook by a tensor hook on the layer's output instead of
+  a full module backward hook, whose identity autograd nodes run in both backward passes (~0.3 ms a step at 512
+  and at 2048). The weights a `train` call ends on are the ones stock Opacus gives at the same seed, and the
+  per-example norms are those of Opacus' hooks mode (`tests/test_nets_train.py`);
 * `models.dp_samplers` (earlier): exact norm samplers for 2-D Linear inputs (two row norms instead of three einsums)
   and for affine LayerNorm, registered through Opacus' `register_norm_sampler`.
 
 What is left at batch 2048, phase by phase (a scratch script, 2026-12-01, this host; ms non-DP / DP): batch
-sampling 0.78 / 1.11 (shuffled vs Poisson), forward 0.72 / 0.99, loss 0.29 / 0.31, backward 0.79 / 2.42 (first
-backward with the norm hooks 1.34, clip factors 0.19, second backward 1.00), optimiser 0.32 / 0.50 (noise, scaling,
+sampling 0.72 / 0.99 (shuffled vs Poisson), forward 0.64 / 0.76, loss 0.26 / 0.26, backward 0.70 / 1.97 (first
+backward with the norm hooks 1.05, clip factors 0.17, second backward 0.77), optimiser 0.29 / 0.43 (noise, scaling,
 Adam).
 At batch 512 the fixed per-step costs (Opacus' Python hooks on three layers, noise for six tensors, the accountant's
-step hook, the Poisson mask) weigh more and the ratio stays just above 2×; the synthetic demo's partners train at 512
-on ~870 rows, the CDNOW partners at 1024, the centralized DP model at 2048. Every per-example-gradient mode of stock
+step hook, the Poisson mask) weigh more and the ratio is highest; the synthetic demo's partners train at 512 on ~870
+rows, the CDNOW partners at 1024, the centralized DP model at 2048. Every per-example-gradient mode of stock
 Opacus 1.6 on the same model and bare step (`python benchmarks/bench_dp_modes.py --batch 2048` and `--batch 512`,
 2026-12-01, this host): ghost clipping 2.28× / 2.52×, hooks 16.3× / 6.8×, expanded weights (`ew`) 15.5× / 5.7×,
 functorch 19.9× / 9.7× (plain step 2.12 / 1.16 ms); materialising per-example gradients is far slower at any batch.

@@ -169,11 +169,13 @@ def test_ghost_clipping_with_our_loss_is_per_example_clipping(engine):
     net._close()
 
 
-def test_cohort_norm_samplers_give_the_per_example_norms_of_hooks_mode():
+@pytest.mark.parametrize("engine", [PrivacyEngine, CohortPrivacyEngine], ids=["opacus", "cohort"])
+def test_cohort_norm_samplers_give_the_per_example_norms_of_hooks_mode(engine):
     """models.dp_samplers' LayerNorm and Linear norm samplers are the ones ghost mode uses, and the per-example
-    gradient norms they give (per parameter and in total) are those of Opacus' hooks mode, which materialises every
-    example's gradient; the LayerNorm is the affine one (``layer_norm_affine=True``) with its weight and bias
-    randomised so that neither norm is trivial."""
+    gradient norms they give (per parameter and in total), through Opacus' engine or models.dp_engine's (output
+    tensor hooks, its own total norm), are those of Opacus' hooks mode, which materialises every example's gradient;
+    the LayerNorm is the affine one (``layer_norm_affine=True``) with its weight and bias randomised so that neither
+    norm is trivial."""
     from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
     from models import dp_samplers
@@ -193,7 +195,7 @@ def test_cohort_norm_samplers_give_the_per_example_norms_of_hooks_mode():
     for mode in ("hooks", "ghost"):
         model = ChurnLTVNet(6, hidden=(16, 8), layer_norm_affine=True).double()
         model.load_state_dict(base.state_dict())
-        wrapped = PrivacyEngine(accountant="rdp").make_private(
+        wrapped = (PrivacyEngine if mode == "hooks" else engine)(accountant="rdp").make_private(
             module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), criterion=ChurnLTVLoss(),
             data_loader=DataLoader(TensorDataset(X, churn, ltv), batch_size=64), noise_multiplier=0.0,
             max_grad_norm=1.0, poisson_sampling=False, grad_sample_mode=mode,
@@ -214,9 +216,9 @@ def test_cohort_norm_samplers_give_the_per_example_norms_of_hooks_mode():
 
 
 def test_cohort_engine_trains_as_opacus_engine_does(monkeypatch):
-    """models.dp_engine only computes two values faster: train() through it ends on the weights that train()
+    """models.dp_engine only computes the same values faster: train() through it ends on the weights that train()
     through opacus.PrivacyEngine reaches at the same seed (Poisson masks, clipping, noise), with the same epsilon;
-    it builds its own classes for single-process ghost mode only."""
+    it builds its own classes for single-process ghost mode only, and its hooks are gone after _close()."""
     from models import train as train_module
 
     X, churn, ltv = _toy()
@@ -242,7 +244,11 @@ def test_cohort_engine_trains_as_opacus_engine_does(monkeypatch):
             data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode,
         )
         assert type(wrapped[0]) is module_class and type(wrapped[1]) is optimizer_class
+        full_backward_hooks = [m for m in model.modules() if m._backward_hooks]
+        # ghost: Linear layers take output tensor hooks; hooks mode is Opacus' own, full backward hooks on all three
+        assert len(full_backward_hooks) == (0 if mode == "ghost" else 3)
         wrapped[0]._close()
+        assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
 
 
 def test_train_without_dp_learns_and_is_deterministic():
