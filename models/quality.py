@@ -424,7 +424,7 @@ CDNOW_NOTES = """Notes (observations made while tuning, not re-measured by every
   brings Σpred/Σtrue to ≈ 0.92 and the MAPE under 0.08. LayerNorm is worth ~0.01 Gini under DP (nothing without).
 - LayerNorm placement (2026-12-01, this protocol): the trunk was Linear, affine LayerNorm, ReLU; it is now
   Linear, ReLU, LayerNorm without parameters (after a ReLU the scale and shift fold into the next Linear layer,
-  and a parameter-free LayerNorm is one hooked layer less per DP step: `docs/benchmarks.md`, "DP-SGD step
+  and parameter-free LayerNorms are two hooked layers fewer per DP step: `docs/benchmarks.md`, "DP-SGD step
   cost"). Same scripts, 3 repeats, affine-before-ReLU vs parameter-free-after-ReLU: DP ε=3 AUC 0.7700 / 0.7703,
   Gini 0.717 / 0.719, MAPE 0.082 / 0.069; non-private 0.7716 / 0.7716 AUC, 0.723 / 0.723 Gini. A parameter-free
   LayerNorm before the ReLU measured 0.7698 / 0.717 at ε=3 and lost up to 0.02 Gini on the synthetic platforms."""
