@@ -30,12 +30,12 @@ from functools import partial
 
 import torch
 from opacus import PrivacyEngine
+from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
+from opacus.grad_sample import AbstractGradSampleModule, GradSampleModuleFastGradientClipping
 from opacus.grad_sample.functorch import prepare_layer
 from opacus.layers.dp_rnn import DPGRU, DPLSTM, DPRNN
-from opacus.utils.module_utils import requires_grad
-from opacus.grad_sample import AbstractGradSampleModule, GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-
+from opacus.utils.module_utils import requires_grad
 
 _OUTPUT_HOOKED = (torch.nn.Linear, torch.nn.LayerNorm)  # layers whose forward returns one tensor
 
@@ -94,7 +94,10 @@ class CohortPrivacyEngine(PrivacyEngine):
     flat-clipping ghost mode (``make_private(..., grad_sample_mode="ghost")``), and Opacus' classes otherwise."""
 
     def _prepare_model(self, module, *, grad_sample_mode: str = "hooks", wrap_model: bool = True, **kwargs):
-        if grad_sample_mode != "ghost" or not wrap_model or isinstance(module, AbstractGradSampleModule):
+        distributed = isinstance(
+            module, (DifferentiallyPrivateDistributedDataParallel, torch.nn.parallel.DistributedDataParallel)
+        )
+        if grad_sample_mode != "ghost" or not wrap_model or distributed or isinstance(module, AbstractGradSampleModule):
             return super()._prepare_model(module, grad_sample_mode=grad_sample_mode, wrap_model=wrap_model, **kwargs)
         self.validate(module=module, optimizer=None, data_loader=None)
         return CohortGhostModule(
