@@ -292,7 +292,9 @@ def _make_private(model, optimizer, criterion, loader, dp: DPConfig, epochs: int
     if dp.noise_multiplier is not None:
         sigma = float(dp.noise_multiplier)
     else:  # what make_private_with_epsilon does, for ghost clipping too
-        sigma = noise_for_budget(dp.target_epsilon, dp.delta, 1.0 / len(loader), epochs * len(loader), dp.accountant)
+        # Calibrated with the orders train() reports epsilon with, so the reported epsilon meets the target.
+        sigma = noise_for_budget(dp.target_epsilon, dp.delta, 1.0 / len(loader), epochs * len(loader), dp.accountant,
+                                 **dp.epsilon_options)
     net, optimizer, criterion, loader = engine.make_private(
         module=model,
         optimizer=optimizer,

@@ -291,6 +291,18 @@ def test_target_epsilon_is_met():
     assert report.epsilon == pytest.approx(2.0, rel=0.05)
 
 
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")  # the orders are large on purpose
+def test_target_epsilon_is_calibrated_with_the_reported_orders():
+    """With ``rdp_orders`` set, sigma is calibrated under those orders, so the epsilon train reports with them (and
+    not only the one under Opacus' default orders) meets the target; the orders are chosen so that the two differ."""
+    X, churn, ltv = _toy()
+    report = train(ChurnLTVNet(6, hidden=(16, 8)), X, churn, ltv, epochs=2, batch_size=100,
+                   dp=DPConfig(target_epsilon=2.0, rdp_orders=(32.0, 48.0, 64.0)))
+    assert report.epsilon <= 2.0 + 1e-6 and report.epsilon == pytest.approx(2.0, rel=0.05)
+    segments = [(report.noise_multiplier, report.sample_rate, report.steps)]
+    assert epsilon_of(segments, 1e-5, "rdp", alphas=[32.0, 48.0, 64.0]) == pytest.approx(report.epsilon, rel=1e-9)
+
+
 def test_prv_accountant_meets_the_target_with_less_noise_than_rdp():
     """The PRV accountant (the quality benchmark's) proves the same (epsilon, delta) with a smaller sigma; the
     epsilon train reports is PRV's upper bound and the same steps cost more than the target under RDP."""
