@@ -204,6 +204,10 @@ def measure(batch: int, repeats: int) -> tuple[str, float, dict]:
     return "\n".join(lines), timing["dp"] / timing["plain"], memory["plain"]
 
 
+def _verdict(ratio: float) -> str:
+    return "met" if ratio <= TARGET_RATIO else "missed"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", default="2048,1024,512",
@@ -231,11 +235,10 @@ def main(argv=None) -> int:
         table, ratios[batch], model_info = measure(batch, args.repeats)
         tables.append(table)
         print(table + f"\n\nbatch {batch}: DP / non-DP step time {ratios[batch]:.2f}x "
-              f"(target <= {TARGET_RATIO:g}x: {'met' if ratios[batch] <= TARGET_RATIO else 'missed'})\n", flush=True)
+              f"(target <= {TARGET_RATIO:g}x: {_verdict(ratios[batch])})\n", flush=True)
     print(f"{time.perf_counter() - started:.0f}s")
     if not args.no_doc:
-        summary = ", ".join(f"**{ratios[b]:.2f}×** at batch {b} ({'met' if ratios[b] <= TARGET_RATIO else 'missed'})"
-                            for b in batches)
+        summary = ", ".join(f"**{ratios[b]:.2f}×** at batch {b} ({_verdict(ratios[b])})" for b in batches)
         body = "\n".join([
             f"Command: `python benchmarks/bench_dp_step.py --batch {args.batch} --repeats {args.repeats}`.",
             "",

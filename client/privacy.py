@@ -161,9 +161,9 @@ def _train_privately(model, rows: FeatureRows, job: RoundConfig, state: RecordDi
             max_grad_norm=job.max_grad_norm,
             delta=job.delta,
             accountant=job.accountant,
-            # train() reports epsilon with the budget check's orders, so the number a partner reports (computed
-            # once, there) is the one it enforces.
-            rdp_orders=RDP_ORDERS if job.accountant == "rdp" else None,
+            # train() reports epsilon with the budget check's orders (used under "rdp" only), so the number a
+            # partner reports (computed once, there) is the one it enforces.
+            rdp_orders=RDP_ORDERS,
         ),
         seed=secrets.randbits(31),
         accountant=accountant,
