@@ -35,7 +35,7 @@ from flwr.app import ConfigRecord, RecordDict
 from client.data import FeatureRows
 from client.protocol import LR_SCHEDULES, RoundConfig, lr_decays
 from client.state_files import job_file, write_json
-from models.train import DPConfig, TrainReport, make_accountant, noise_for_budget, train
+from models.train import DPConfig, TrainReport, accountant_options, make_accountant, noise_for_budget, train
 from models.train import epsilon_of as models_epsilon_of
 
 STATE_KEY = "privacy"
@@ -121,7 +121,7 @@ def epsilon_of(history: list[tuple[float, float, int]], job: RoundConfig) -> flo
 
 
 def _orders(job: RoundConfig) -> dict:
-    return {"alphas": list(RDP_ORDERS)} if job.accountant == "rdp" else {}
+    return accountant_options(job.accountant, RDP_ORDERS)
 
 
 def train_privately(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -69,7 +70,7 @@ class DPConfig:
     @property
     def epsilon_options(self) -> dict:
         """Keyword arguments of the accountant's ``get_epsilon`` for the epsilon ``train`` reports."""
-        return {"alphas": list(self.rdp_orders)} if self.accountant == "rdp" and self.rdp_orders else {}
+        return accountant_options(self.accountant, self.rdp_orders)
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -105,6 +106,12 @@ class TrainReport:
 def make_accountant(kind: str = "rdp") -> IAccountant:
     """A fresh Opacus accountant ("rdp" or "prv") to keep per partner across rounds."""
     return create_accountant(mechanism=kind)
+
+
+def accountant_options(accountant: str, rdp_orders: Sequence[float] | None) -> dict:
+    """Keyword arguments of ``get_epsilon`` (and of sigma calibration) for ``accountant``: the Renyi orders under
+    "rdp" (``None``: Opacus' defaults); PRV takes none."""
+    return {"alphas": list(rdp_orders)} if accountant == "rdp" and rdp_orders else {}
 
 
 def noise_for_budget(
