@@ -2,9 +2,8 @@
 synthetic platforms, scored on held-out sets large enough to tell settings apart (the demo's own ~220 held-out
 users per partner cannot: its Gini moves by several hundredths from run to run).
 
-Emulation, not the Flower job: each partner trains with the same ``models.train.train`` call, the same noise plan
-(``client.privacy.plan_noise``: sigma for rounds x local epochs at ε, δ=1e-5) and the same example-weighted
-averaging as ``cohort demo``'s job; what it leaves out (ledger, manifests, Flower) does not touch the weights.
+Emulation, not the Flower job (``fedavg_emulation.fedavg``: the same train call, noise plan and example-weighted
+averaging as ``cohort demo``'s job; what it leaves out, ledger, manifests and Flower, does not touch the weights).
 Per platform: ``--train-rows`` training users (the demo has ~870) and every other generated user held out.
 
     python benchmarks/bench_demo_schedule.py [--users 6000] [--seeds 3] [--plans 3x20:cosine,3x20:constant,...]
@@ -24,12 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from client.data import SyntheticPlatforms  # noqa: E402
-from client.privacy import plan_noise  # noqa: E402
 from client.protocol import lr_decays  # noqa: E402
 from cohort.demo import PLANS  # noqa: E402
 from cohort.demo_world import CATEGORIES  # noqa: E402
+from fedavg_emulation import fedavg  # noqa: E402
 from models.metrics import evaluate  # noqa: E402
-from models.nets import ChurnLTVNet, get_weights, set_weights  # noqa: E402
+from models.nets import ChurnLTVNet  # noqa: E402
 from models.train import DPConfig, predict, train  # noqa: E402
 from server.job import Job  # noqa: E402
 
@@ -55,24 +54,8 @@ def fresh(n_features: int, seed: int) -> ChurnLTVNet:
 def federated(parts: dict, rounds: int, local: int, schedule: str, seed: int, epsilon: float) -> ChurnLTVNet:
     job = Job(job_id="emulation", rounds=rounds, local_epochs=local, batch_size=DEMO.batch_size, lr=DEMO.lr,
               lr_schedule=schedule, max_grad_norm=DEMO.max_grad_norm, target_epsilon=epsilon)  # fmt: skip
-    config = job.round_config(1)
     n_features = next(iter(parts.values()))[0].X.shape[1]
-    weights = get_weights(fresh(n_features, seed))
-    for r in range(rounds):
-        updates, sizes = [], []
-        for k, (train_rows, _) in enumerate(parts.values()):
-            plan = plan_noise(len(train_rows.churn), config)
-            model = fresh(n_features, seed)
-            set_weights(model, weights)
-            train(model, train_rows.X, train_rows.churn, train_rows.ltv, epochs=local, batch_size=plan.batch_size,
-                  lr=job.lr, lr_decay=lr_decays(schedule), seed=seed * 1000 + r * 10 + k,
-                  dp=DPConfig(noise_multiplier=plan.noise_multiplier, max_grad_norm=job.max_grad_norm))  # fmt: skip
-            updates.append(get_weights(model))
-            sizes.append(len(train_rows.churn))
-        weights = [sum(n * u[i] for u, n in zip(updates, sizes)) / sum(sizes) for i in range(len(weights))]
-    model = fresh(n_features, seed)
-    set_weights(model, weights)
-    return model
+    return fedavg([train_rows for train_rows, _ in parts.values()], job, seed, lambda: fresh(n_features, seed))
 
 
 def local_only(train_rows, epochs: int, schedule: str, seed: int, epsilon: float) -> ChurnLTVNet:

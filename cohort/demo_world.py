@@ -7,10 +7,10 @@ import random
 from pathlib import Path
 
 from client.data import PartnerData
+from models.data.cdnow import CDNOW_CATEGORIES  # CDNOW logs purchases only: profile + transaction columns
 from server import world as consortium
 from server.world import CATEGORIES, PURPOSE, ConsentStory, World, partner_users, record_consents
 
-CDNOW_CATEGORIES = ("basic", "transaction")  # CDNOW logs purchases only: profile + transaction columns
 DemoWorld = World
 
 __all__ = ["CATEGORIES", "CDNOW_CATEGORIES", "PURPOSE", "ConsentStory", "DemoWorld", "build_world",

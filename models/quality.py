@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from models.baselines import BGNBDGammaGamma, GradientBoostedTrees
+from models.data.cdnow import CDNOW_CATEGORIES
 from models.metrics import calibration_table, decile_stats, evaluate
 from models.nets import ChurnLTVNet
 from models.train import DPConfig, predict, train
@@ -39,7 +40,6 @@ REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
 IMG_DIR = REPO / "docs" / "img"
 CDNOW_HORIZON_WEEKS = 39.0
-CDNOW_CATEGORIES = ("basic", "transaction")  # CDNOW has purchases only: no behavioural column carries information
 
 # Measured outside this repo (PRODUCT.md), AUC / Gini / decile MAPE.
 REFERENCE = {

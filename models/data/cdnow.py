@@ -16,6 +16,7 @@ import pandas as pd
 
 from models.schema import validate_events
 
+CDNOW_CATEGORIES = ("basic", "transaction")  # CDNOW logs purchases only: no behavioural column carries information
 CDNOW_START = pd.Timestamp("1997-01-01")
 CDNOW_CALIBRATION_END = pd.Timestamp("1997-10-01")
 CDNOW_HOLDOUT_END = pd.Timestamp("1998-07-01")
