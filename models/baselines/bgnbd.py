@@ -25,7 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
+
+from models.baselines.mle import fit_log_params
 
 
 def _arrays(*xs):
@@ -71,17 +73,7 @@ class BetaGeoFitter:
         ux, ut, uT = keys.T
         w = counts.astype(np.float64)
 
-        def nll(log_params):
-            params = np.exp(log_params)
-            ll = bgnbd_log_likelihood(params, ux, ut, uT)
-            value = -(w * ll).sum()
-            return value if np.isfinite(value) else 1e300
-
-        start = np.log(np.asarray(initial, dtype=np.float64))
-        options = {"xatol": 1e-8, "fatol": 1e-8, "maxiter": 20000}
-        res = optimize.minimize(nll, start, method="Nelder-Mead", options=options)
-        res2 = optimize.minimize(nll, res.x, method="L-BFGS-B")
-        best = res2 if res2.fun <= res.fun else res
+        best = fit_log_params(lambda params: -(w * bgnbd_log_likelihood(params, ux, ut, uT)).sum(), initial)
         r, alpha, a, b = np.exp(best.x)
         return cls(float(r), float(alpha), float(a), float(b), float(-best.fun))
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
+
+from models.baselines.mle import fit_log_params
 
 
 def gamma_gamma_log_likelihood(params, frequency, monetary_value) -> np.ndarray:
@@ -59,15 +61,7 @@ class GammaGammaFitter:
         if len(x) < 3:
             raise ValueError("Gamma-Gamma needs several customers with repeat purchases")
 
-        def nll(log_params):
-            value = -gamma_gamma_log_likelihood(np.exp(log_params), x, m).sum()
-            return value if np.isfinite(value) else 1e300
-
-        start = np.log(np.asarray(initial, dtype=np.float64))
-        options = {"xatol": 1e-8, "fatol": 1e-8, "maxiter": 20000}
-        res = optimize.minimize(nll, start, method="Nelder-Mead", options=options)
-        res2 = optimize.minimize(nll, res.x, method="L-BFGS-B")
-        best = res2 if res2.fun <= res.fun else res
+        best = fit_log_params(lambda params: -gamma_gamma_log_likelihood(params, x, m).sum(), initial)
         p, q, v = np.exp(best.x)
         if q <= 1:
             raise ValueError(f"fitted q = {q:.3f} <= 1: the population mean spend is undefined")
