@@ -18,7 +18,7 @@ from models.nets import (
     SIGMA_EPS, ChurnLTVLoss, ChurnLTVNet, churn_ltv_loss, get_weights, set_weights, weight_names, ziln_expected_value,
     ziln_loss,
 )
-from models.train import DPConfig, epsilon_of, make_accountant, noise_for_budget, predict, train
+from models.train import DPConfig, accountant_options, epsilon_of, make_accountant, noise_for_budget, predict, train
 
 torch.set_num_threads(1)
 pytestmark = [
@@ -301,6 +301,16 @@ def test_target_epsilon_is_calibrated_with_the_reported_orders():
     assert report.epsilon <= 2.0 + 1e-6 and report.epsilon == pytest.approx(2.0, rel=0.05)
     segments = [(report.noise_multiplier, report.sample_rate, report.steps)]
     assert epsilon_of(segments, 1e-5, "rdp", alphas=[32.0, 48.0, 64.0]) == pytest.approx(report.epsilon, rel=1e-9)
+
+
+def test_accountant_options_give_renyi_orders_to_rdp_only():
+    """The one rule DPConfig and the partner share: RDP gets the orders (as a list, what Opacus' get_epsilon takes),
+    RDP without orders gets Opacus' defaults, and PRV, which has no orders, gets nothing."""
+    assert accountant_options("rdp", (2.0, 4.5, 64)) == {"alphas": [2.0, 4.5, 64]}
+    assert accountant_options("rdp", None) == {}
+    assert accountant_options("prv", (2.0, 4.5)) == {}
+    assert DPConfig(target_epsilon=1.0, rdp_orders=(8.0,)).epsilon_options == {"alphas": [8.0]}
+    assert DPConfig(target_epsilon=1.0, accountant="prv", rdp_orders=(8.0,)).epsilon_options == {}
 
 
 def test_prv_accountant_meets_the_target_with_less_noise_than_rdp():
