@@ -1,25 +1,31 @@
-"""In-process FedAvg emulation of a Cohort job: what the partners' weights would be after ``job.rounds`` rounds.
+"""In-process emulations of a Cohort job: FedAvg as the Flower job runs it (``fedavg``), and distributed DP as
+secure aggregation would allow it (``distributed_dpsgd``, not in Cohort yet).
 
-Not a benchmark itself; `bench_demo_schedule.py` and `bench_federated_search.py` import it to compare training
-settings in seconds instead of one Flower job each. Each partner trains with the same ``models.train.train`` call,
-the same noise plan (``client.privacy.plan_noise``: sigma for rounds x local epochs at the job's ε, δ, accountant) and
-the same example-weighted averaging as the Flower job; what it leaves out (ledger, manifests, Flower, Ray) does
-not touch the weights. Confirm a setting it finds with the real job (`bench_federated_cdnow.py`) before adopting it.
+Not a benchmark itself; `bench_demo_schedule.py`, `bench_federated_search.py` and `bench_distributed_dp.py` import
+it to compare training settings in seconds instead of one Flower job each. In ``fedavg`` each partner trains with
+the same ``models.train.train`` call, the same noise plan (``client.privacy.plan_noise``: sigma for rounds x local
+epochs at the job's ε, δ, accountant) and the same example-weighted averaging as the Flower job; what it leaves out
+(ledger, manifests, Flower, Ray) does not touch the weights. Confirm a setting it finds with the real job
+(`bench_federated_cdnow.py`) before adopting it.
 """
 
 from __future__ import annotations
 
 import sys
+from math import ceil, cos, pi, sqrt
 from pathlib import Path
+
+import torch
+from torch.func import functional_call, grad, vmap
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from client.privacy import plan_noise  # noqa: E402
+from client.privacy import RDP_ORDERS, plan_noise  # noqa: E402
 from client.protocol import lr_decays  # noqa: E402
-from models.nets import ChurnLTVNet, get_weights, set_weights  # noqa: E402
-from models.train import DPConfig, train  # noqa: E402
+from models.nets import ChurnLTVNet, churn_ltv_loss, get_weights, set_weights  # noqa: E402
+from models.train import DPConfig, accountant_options, epsilon_of, noise_for_budget, train  # noqa: E402
 from server.job import Job  # noqa: E402
 
 
@@ -57,15 +63,6 @@ def distributed_dpsgd(parts: list, fresh, epochs: int, batch_size: int, lr: floa
     is ``sigma * C``, the centralized DP-SGD step's. The server divides by the expected batch ``q * n`` and takes an
     Adam step (cosine-decayed rate). Returns (model, sigma, epsilon if the server and all other partners collude:
     they can remove their own noise, leaving a partner's users ``sigma / sqrt(partners)``)."""
-    from math import ceil, cos, pi, sqrt
-
-    import torch
-    from torch.func import functional_call, grad, vmap
-
-    from client.privacy import RDP_ORDERS
-    from models.nets import churn_ltv_loss
-    from models.train import accountant_options, epsilon_of, noise_for_budget
-
     def tensors(rows):
         return (torch.as_tensor(rows.X, dtype=torch.float32), torch.as_tensor(rows.churn, dtype=torch.float32),
                 torch.as_tensor(rows.ltv, dtype=torch.float32))  # fmt: skip
