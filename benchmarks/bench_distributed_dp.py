@@ -25,8 +25,7 @@ from client.cdnow import CDNOWPartners  # noqa: E402
 from models.calibration import SpendCalibration  # noqa: E402
 from models.data.cdnow import CDNOW_CATEGORIES  # noqa: E402
 from models.metrics import evaluate  # noqa: E402
-from models.nets import ChurnLTVNet  # noqa: E402
-from models.quality import QualitySettings, fit_mlp  # noqa: E402
+from models.quality import QualitySettings, fit_mlp, new_mlp  # noqa: E402
 from models.train import DPConfig, predict  # noqa: E402
 
 DIST, DIST_CAL, CENTRAL_DP = ("distributed DP (emulated)", "distributed DP + partner's own spend calibration",
@@ -46,10 +45,7 @@ def run(args) -> dict:
     seconds, facts = [], {}
 
     def fresh():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)  # models.quality.fit_mlp's initial weights for this seed
-            return ChurnLTVNet(n_features, hidden=settings.hidden, layer_norm=settings.layer_norm,
-                               ltv_loc_init=settings.ltv_loc_init, ltv_sigma_init=settings.ltv_sigma_init)  # fmt: skip
+        return new_mlp(n_features, settings, args.seed)  # fit_mlp's initial weights for this seed
 
     for fold in folds:
         data = CDNOWPartners(by=args.by, test_fold=fold)

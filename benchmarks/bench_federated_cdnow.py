@@ -137,6 +137,7 @@ def run(args) -> dict:
     from models.train import DPConfig, predict, train
     from server.job import Job
     from server.ledger_hooks import LedgerBinding
+    from server.runner import initial_net
     from server.simulation import simulate_job
 
     torch.set_num_threads(1)
@@ -209,9 +210,7 @@ def run(args) -> dict:
             calibration = SpendCalibration.fit(predict(fed, r.X)[1], r.ltv)
             scores[FED_CAL][0][mine] = scores[FED][0][mine]
             scores[FED_CAL][1][mine] = calibration.apply(scores[FED][1][mine])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(job.seed)  # the federated job's initial weights
-                model = ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)
+            model = initial_net(job, n_features)  # the federated job's initial weights
             report = train(model, r.X, r.churn, r.ltv, epochs=job.rounds * job.local_epochs,
                            batch_size=job.batch_size, lr=job.lr, lr_decay=lr_decays(job.lr_schedule),
                            seed=args.seed + 1 + fold, dp=DPConfig(target_epsilon=job.target_epsilon, delta=job.delta,

@@ -27,10 +27,10 @@ from fedavg_emulation import fedavg  # first: it puts the repository on sys.path
 from client.cdnow import CDNOWPartners  # noqa: E402
 from models.calibration import SpendCalibration  # noqa: E402
 from models.metrics import evaluate  # noqa: E402
-from models.nets import ChurnLTVNet  # noqa: E402
 from models.data.cdnow import CDNOW_CATEGORIES as CATEGORIES  # noqa: E402
 from models.train import predict  # noqa: E402
 from server.job import Job  # noqa: E402
+from server.runner import initial_net  # noqa: E402
 BASE = dict(rounds=30, local_epochs=2, batch_size=1024, lr=0.01, lr_schedule="cosine", max_grad_norm=30.0,
             target_epsilon=3.0, delta=1e-5, ltv_loc_init=4.0, categories=CATEGORIES)  # fmt: skip
 
@@ -67,9 +67,7 @@ def run(setting: dict, seed: int, by: str, folds: list[int]) -> dict:
     scored = np.zeros(n, dtype=bool)
 
     def fresh():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)
+        return initial_net(job, n_features)  # the job's round-1 model (job.seed = seed)
 
     for fold in folds:
         data = CDNOWPartners(by=by, test_fold=fold)

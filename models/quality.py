@@ -125,14 +125,19 @@ def _log(progress, started: float, message: str) -> None:
         progress(f"[{time.perf_counter() - started:6.1f}s] {message}")
 
 
-def fit_mlp(X, churn, ltv, settings: MLPSettings, dp: DPConfig | None, seed: int):
-    """A fresh ``ChurnLTVNet`` trained with ``models.train.train``; returns (model, TrainReport)."""
+def new_mlp(n_features: int, settings: MLPSettings, seed: int) -> ChurnLTVNet:
+    """The untrained ``ChurnLTVNet`` of ``settings``, initial weights drawn from ``seed`` (global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the initial weights
-        model = ChurnLTVNet(
-            X.shape[1], hidden=settings.hidden, layer_norm=settings.layer_norm, ltv_loc_init=settings.ltv_loc_init,
+        torch.manual_seed(seed)
+        return ChurnLTVNet(
+            n_features, hidden=settings.hidden, layer_norm=settings.layer_norm, ltv_loc_init=settings.ltv_loc_init,
             ltv_sigma_init=settings.ltv_sigma_init,
         )
+
+
+def fit_mlp(X, churn, ltv, settings: MLPSettings, dp: DPConfig | None, seed: int):
+    """A fresh ``ChurnLTVNet`` trained with ``models.train.train``; returns (model, TrainReport)."""
+    model = new_mlp(X.shape[1], settings, seed)
     report = train(
         model, X, churn, ltv, epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, dp=dp,
         seed=seed, ltv_weight=settings.ltv_weight,

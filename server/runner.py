@@ -99,11 +99,17 @@ class JobResult:
         return out
 
 
-def initial_model(job: Job, n_features: int) -> ArrayRecord:
-    """The round-1 global model: ``ChurnLTVNet`` with weights drawn from the job's (public) seed."""
+def initial_net(job: Job, n_features: int) -> ChurnLTVNet:
+    """The job's round-1 ``ChurnLTVNet``: its architecture, with weights drawn from the job's (public) seed; the global
+    torch RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(job.seed)
-        model = ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)
+        return ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)
+
+
+def initial_model(job: Job, n_features: int) -> ArrayRecord:
+    """The round-1 global model (``initial_net``) as the record the strategy sends."""
+    model = initial_net(job, n_features)
     return arrays_to_record(weight_names(model), get_weights(model))
 
 
