@@ -7,7 +7,11 @@ Messages:
 * train    -- arrays = global model, config = ``RoundConfig``; reply: arrays, metrics, manifest.
 * evaluate -- the same request; reply: metrics of the global model on the partner's local evaluation rows.
 * query    -- preflight: reply ``readiness`` (eligible count at the checkpoint and, when that is 0, the consenting
-  count before the lifetime budget cap; feature schema, epsilon spent).
+  count before the lifetime budget cap; feature schema, epsilon spent; in a secure job, the masking public key).
+* query.reveal -- secure jobs only: this round's mask keys with the partners that dropped (``client.masking``).
+
+In a secure job (``RoundConfig.aggregation``) a train reply's arrays are the partner's clipped, noised gradient sum,
+masked for the secure sum (uint64 words, the model's shapes), not trained weights.
 
 All three use the job's eligible set as first asked in the job (``client.job_eligibility``).
 """
@@ -23,8 +27,9 @@ from client.data import EligibleRows, PartnerData, consenting_count, feature_sch
 from client.eligibility import Ledger
 from client.job_eligibility import job_eligible_set
 from client.manifest import code_hash, manifest_part
+from client.masking import mask_update, masking_public_key, reveal
 from client.partner import Partner, resolve_partner
-from client.privacy import PrivateRound, noise_plan, spent_so_far, train_privately
+from client.privacy import PrivateRound, noise_plan, secure_gradient, spent_so_far, train_privately
 from client.protocol import (
     ARRAYS,
     CONFIG,
@@ -33,6 +38,7 @@ from client.protocol import (
     METRICS,
     NUM_EXAMPLES,
     READINESS,
+    REVEAL,
     RoundConfig,
     arrays_to_record,
     record_to_arrays,
@@ -54,6 +60,8 @@ def make_client_app(
         partner = resolve_partner(context, ledger, data, job, state_root)
         rows = job_rows(partner, job, context)
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
+        if job.secure:
+            return secure_round(msg, context, partner, rows, model, job)
         spent = train_privately(model, rows.train, job, context.state, partner.state_dir)
         part = manifest_part(partner.partner_id, job, rows, spent)
         return reply(msg, {ARRAYS: model_arrays(model), METRICS: train_metrics(spent), MANIFEST: part.to_record()})
@@ -73,7 +81,28 @@ def make_client_app(
         rows = job_rows(partner, job, context)
         return reply(msg, {READINESS: readiness(partner, rows, job, context)})
 
+    @client_app.query(REVEAL)
+    def reveal_round_keys(msg: Message, context: Context) -> Message:
+        """Secure jobs: this round's mask keys with the partners the server says dropped (``client.masking``)."""
+        job = RoundConfig.from_record(msg.content[CONFIG])
+        partner = resolve_partner(context, ledger, data, job, state_root)
+        dropped = [str(p) for p in msg.content[REVEAL]["dropped"]]
+        return reply(msg, {REVEAL: reveal(context.state, partner.partner_id, job.job_id, job.server_round, dropped)})
+
     return client_app
+
+
+def secure_round(msg: Message, context: Context, partner: Partner, rows: EligibleRows, model: ChurnLTVNet,
+                 job: RoundConfig) -> Message:  # fmt: skip
+    """A secure job's round: the clipped, noised gradient sum at the global model, masked for the secure sum. The
+    metrics carry no training loss: computed on the sample without noise, it would leak what DP protects."""
+    grads, spent = secure_gradient(model, rows.train, job, context.state, partner.state_dir)
+    words = mask_update(grads, partner.partner_id, job, context.state)
+    part = manifest_part(partner.partner_id, job, rows, spent)
+    metrics = MetricRecord({NUM_EXAMPLES: int(spent.report.n_rows), EPSILON: spent.epsilon,
+                            "epsilon-round": spent.epsilon_round, "steps": 1})  # fmt: skip
+    return reply(msg, {ARRAYS: arrays_to_record(weight_names(model), words), METRICS: metrics,
+                       MANIFEST: part.to_record()})  # fmt: skip
 
 
 def job_rows(partner: Partner, job: RoundConfig, context: Context) -> EligibleRows:
@@ -145,13 +174,16 @@ def calibrated_metrics(model: ChurnLTVNet, rows: EligibleRows, ltv_pred) -> dict
 def readiness(partner: Partner, rows: EligibleRows, job: RoundConfig, context: Context) -> ConfigRecord:
     """Preflight answer. Also calibrates (and keeps) this partner's noise, so round 1 starts at once."""
     train_rows = int(np.asarray(rows.train.X).shape[0])
-    plan = noise_plan(context.state, train_rows, job) if train_rows else None
+    # A secure job's noise depends on the union's rows, known only after preflight: planned in round 1.
+    plan = noise_plan(context.state, train_rows, job) if train_rows and not job.secure else None
+    secure = {"masking-key": masking_public_key(context.state, job.job_id)} if job.secure else {}
     # Only a zero needs explaining (nobody consents, or all are over budget): a second fold of the log otherwise.
     explain = {} if rows.eligible.count else {
         "consenting-count": consenting_count(partner.ledger, partner.partner_id, job, rows.eligible)}  # fmt: skip
     return ConfigRecord(
         {
             **explain,
+            **secure,
             "partner-id": partner.partner_id,
             "eligible-count": rows.eligible.count,
             "eligible-root": rows.eligible.root,

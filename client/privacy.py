@@ -6,6 +6,11 @@ every round spends at most the target; the steps actually taken are kept in the 
 ``(noise_multiplier, sample_rate, steps)`` segments and composed by the accountant. A round that would take the
 partner past the target is refused before any row is touched.
 
+In a secure job (``RoundConfig.aggregation == "secure"``, distributed DP) a round is one step over the union of the
+partners' rows instead: ``secure_gradient`` returns this partner's clipped, noised gradient sum, with its share
+``sigma / sqrt(noise_partners)`` of the noise, and is charged as one step of the total ``sigma`` at the union's rate
+(every partner plans the same ``sigma`` from the union's row count).
+
 The noise seed is drawn from the OS per round: a seed the server could derive would let it subtract the noise.
 
 In Flower's simulation a node whose reply is late can have its next message picked up, with the node's previous
@@ -26,15 +31,18 @@ import fcntl
 import json
 import math
 import secrets
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from client.data import FeatureRows
 from client.protocol import LR_SCHEDULES, RoundConfig, lr_decays
 from client.state_files import job_file, write_json
+from models.dp_sum import noisy_gradient_sum
 from models.train import DPConfig, TrainReport, accountant_options, make_accountant, noise_for_budget, train
 from models.train import epsilon_of as models_epsilon_of
 
@@ -75,6 +83,7 @@ def noise_plan(state: RecordDict, n_rows: int, job: RoundConfig) -> NoisePlan:
     """This partner's plan for ``job``, computed once and kept in the node state (calibrating sigma is a binary
     search over the accountant and takes seconds; preflight computes it so round 1 does not have to)."""
     record = _job_record(state, job.job_id) or ConfigRecord({"job-id": job.job_id, "rounds": 0})
+    n_rows = job.union_rows if job.secure else n_rows
     if record.get("plan-rows") != n_rows:
         plan = plan_noise(n_rows, job)
         record.update(
@@ -96,9 +105,16 @@ def noise_plan(state: RecordDict, n_rows: int, job: RoundConfig) -> NoisePlan:
 
 
 def plan_noise(n_rows: int, job: RoundConfig) -> NoisePlan:
-    """Noise multiplier so that ``num_rounds * local_epochs`` epochs over ``n_rows`` spend ``job.target_epsilon``."""
+    """Noise multiplier so that ``num_rounds * local_epochs`` epochs over ``n_rows`` spend ``job.target_epsilon``.
+
+    In a secure job ``n_rows`` is the union's row count and a round is one step at ``q = 1 / ceil(n / batch)``:
+    every partner computes the same plan, and the noise multiplier is that of the secure sum's total noise."""
     if n_rows <= 0:
         raise ValueError("no eligible rows to train on")
+    if job.secure:
+        q = 1.0 / math.ceil(n_rows / max(1, job.batch_size))
+        sigma = noise_for_budget(job.target_epsilon, job.delta, q, job.num_rounds, job.accountant, **_orders(job))
+        return NoisePlan(float(sigma), q, 1, max(1, min(job.batch_size, n_rows)))
     batch_size = max(1, min(job.batch_size, n_rows))
     steps_per_epoch = math.ceil(n_rows / batch_size)
     steps_per_round = job.local_epochs * steps_per_epoch
@@ -135,18 +151,7 @@ def train_privately(
 def _train_privately(model, rows: FeatureRows, job: RoundConfig, state: RecordDict, state_dir: str | None):
     if job.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"round config: unknown lr-schedule {job.lr_schedule!r}; expected one of {LR_SCHEDULES}")
-    _restore(state, job.job_id, state_dir)
-    plan = noise_plan(state, int(rows.X.shape[0]), job)
-    history = _history(state, job.job_id)
-    segment = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
-    projected = epsilon_of(history + [segment], job)
-    if projected > job.target_epsilon + EPSILON_SLACK:
-        raise BudgetExceeded(
-            f"round {job.server_round} would bring epsilon to {projected:.4f} > target {job.target_epsilon} "
-            f"(job {job.job_id}, {len(history)} round(s) already trained)"
-        )
-    accountant = make_accountant(job.accountant)
-    accountant.history = list(history)
+    plan, accountant = _admit(state, int(rows.X.shape[0]), job, state_dir)
     report = train(
         model,
         rows.X,
@@ -168,6 +173,56 @@ def _train_privately(model, rows: FeatureRows, job: RoundConfig, state: RecordDi
         seed=secrets.randbits(31),
         accountant=accountant,
     )
+    return _record(state, job, state_dir, accountant, report, plan)
+
+
+def secure_gradient(
+    model, rows: FeatureRows, job: RoundConfig, state: RecordDict, state_dir: str | None = None
+) -> tuple[list, PrivateRound]:
+    """A secure job's round: this partner's clipped gradient sum at ``model`` over a Poisson sample of ``rows`` at the
+    union's rate, with its share ``sigma / sqrt(noise_partners)`` of the noise (``models.dp_sum``); the round is
+    charged to the budget as one step of the total noise ``sigma`` at that rate. Refused like any round when it
+    would exceed the target."""
+    if job.union_rows < int(rows.X.shape[0]):
+        raise ValueError(f"round config: union of {job.union_rows} rows is smaller than this partner's "
+                         f"{int(rows.X.shape[0])}")  # fmt: skip
+    with _spend_lock(state_dir, job.job_id):
+        plan, accountant = _admit(state, int(rows.X.shape[0]), job, state_dir)
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(secrets.randbits(63))  # sample and noise: never known to the server
+        grads, _ = noisy_gradient_sum(model, rows.X, rows.churn, rows.ltv, sample_rate=plan.sample_rate,
+                                      max_grad_norm=job.max_grad_norm, generator=generator,
+                                      noise_share=plan.noise_multiplier / math.sqrt(max(1, job.noise_partners)))
+        accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
+        history = [tuple(h) for h in accountant.history]
+        report = TrainReport(
+            n_rows=int(rows.X.shape[0]), epochs=0, steps=1, seconds=time.perf_counter() - started,
+            epsilon=epsilon_of(history, job), epsilon_round=epsilon_of([(plan.noise_multiplier, plan.sample_rate, 1)], job),
+            delta=job.delta, noise_multiplier=plan.noise_multiplier, max_grad_norm=job.max_grad_norm,
+            sample_rate=plan.sample_rate, accountant=job.accountant,
+        )  # fmt: skip
+        return grads, _record(state, job, state_dir, accountant, report, plan)
+
+
+def _admit(state: RecordDict, n_rows: int, job: RoundConfig, state_dir: str | None):
+    """The plan and an accountant holding this partner's history, once the round is known to fit the budget."""
+    _restore(state, job.job_id, state_dir)
+    plan = noise_plan(state, n_rows, job)
+    history = _history(state, job.job_id)
+    segment = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+    projected = epsilon_of(history + [segment], job)
+    if projected > job.target_epsilon + EPSILON_SLACK:
+        raise BudgetExceeded(
+            f"round {job.server_round} would bring epsilon to {projected:.4f} > target {job.target_epsilon} "
+            f"(job {job.job_id}, {len(history)} round(s) already trained)"
+        )
+    accountant = make_accountant(job.accountant)
+    accountant.history = list(history)
+    return plan, accountant
+
+
+def _record(state: RecordDict, job: RoundConfig, state_dir: str | None, accountant, report: TrainReport,
+            plan: NoisePlan) -> PrivateRound:  # fmt: skip
     rounds_trained = _rounds(state, job.job_id) + 1
     _save_history(state, job.job_id, [tuple(h) for h in accountant.history], rounds_trained)
     _persist(state, job.job_id, state_dir)

@@ -19,11 +19,13 @@ CONFIG = "config"
 METRICS = "metrics"
 MANIFEST = "manifest"
 READINESS = "readiness"
+REVEAL = "reveal"  # secure jobs: the query action, and the record, of a dropout's mask keys (client.masking)
 
 NUM_EXAMPLES = "num-examples"  # the key Flower's strategies weight by
 EPSILON = "epsilon"  # cumulative epsilon this partner has spent in this job, after this round
 
 
+AGGREGATIONS = ("plain", "secure")  # see RoundConfig.aggregation
 LR_SCHEDULES = ("cosine", "constant")  # models.train: cosine decay to 0 within each round's training, or a flat lr
 
 
@@ -62,6 +64,20 @@ class RoundConfig:
     # Where the coordinator says the consent ledger is, for a partner whose node / run config names none (the
     # embedded ledger of a bare ``flwr run .``, see ``server.embedded``); a configured ``ledger-url`` wins.
     ledger_link: str = ""
+    # "plain": each partner trains local_epochs with its own DP noise and returns weights (FedAvg). "secure"
+    # (distributed DP, ``server.secure_aggregation``): one DP-SGD step a round over the union of the partners' rows;
+    # each partner Poisson-samples its rows at the union's rate (batch_size / union_rows), adds 1/sqrt(noise_partners)
+    # of the noise and returns its clipped, noised gradient sum masked for a secure sum (``client.secure_sum``) with
+    # the round's roster (peer_ids, with their X25519 public keys peer_keys, hex).
+    aggregation: str = "plain"
+    union_rows: int = 0
+    noise_partners: int = 1
+    peer_ids: tuple[str, ...] = ()
+    peer_keys: tuple[str, ...] = ()
+
+    @property
+    def secure(self) -> bool:
+        return self.aggregation == "secure"
 
     def to_record(self) -> ConfigRecord:
         return to_config_record(self)

@@ -554,7 +554,7 @@ def _refusal(item) -> None:
 def _round_manifest(t: str, body: dict) -> None:
     required = ("job_id", "round", "tree_size", "purpose", "categories", "partners", "model_out_hash")
     optional = ("strategy", "dp", "refused", "failed", "missing_nodes", "model_in_hash", "server_code_hash",
-                "closed_at", "as_of", "lifetime_epsilon", "checkpoint_root", "vocabulary")  # fmt: skip
+                "closed_at", "as_of", "lifetime_epsilon", "checkpoint_root", "vocabulary", "aggregation")  # fmt: skip
     _fields(t, body, required, optional)
     _job_id(body)
     _int(body, "round", minimum=1)
@@ -572,6 +572,8 @@ def _round_manifest(t: str, body: dict) -> None:
         _number(dp, "epsilon_max", optional=True)
     _list(body, "refused", _refusal, optional=True)
     _list(body, "failed", _refusal, optional=True)
+    if "aggregation" in body:
+        _aggregation(body["aggregation"])
 
     def node(item):
         if type(item) is not int or item < 0:
@@ -587,6 +589,23 @@ def _round_manifest(t: str, body: dict) -> None:
     _number(body, "lifetime_epsilon", strict_minimum=True, optional=True)
     if body.get("checkpoint_root", ""):
         _hex(body, "checkpoint_root", _HEX64, "the hex root of the job's checkpoint (or empty)")
+
+
+def _aggregation(agg) -> None:
+    """A secure round's trust statement (server/secure_aggregation.py): noise in total and per partner, the union's
+    rate and size, ε if the server sees one partner's vector alone, and whose masks were removed after a dropout."""
+    t = "round.manifest aggregation"
+    if not isinstance(agg, dict):
+        raise EntryError(f"{t} must be an object, got {_short(agg)}")
+    numbers = ("noise_multiplier", "partner_noise_multiplier", "sample_rate", "epsilon_if_colluding")
+    _fields(t, agg, ("mode",) + numbers + ("noise_partners", "union_rows", "recovered"))
+    if agg["mode"] != "secure":
+        raise EntryError(f"{t} mode must be 'secure', got {_short(agg['mode'])}")
+    for name in numbers:
+        _number(agg, name)
+    for name in ("noise_partners", "union_rows"):
+        _int(agg, name, minimum=1)
+    _names(agg, "recovered")
 
 
 def _model_published(t: str, body: dict) -> None:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from client.protocol import LR_SCHEDULES, RoundConfig
+from client.protocol import AGGREGATIONS, LR_SCHEDULES, RoundConfig
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum")
 ACCOUNTANTS = ("rdp", "prv")
@@ -63,6 +63,10 @@ class Job:
     # Announced to partners in every round (RoundConfig.ledger_link): where to read eligibility when their own
     # node / run config has no ledger-url. Set by the ServerApp for its embedded ledger (server.embedded).
     ledger_link: str = ""
+    # "plain": FedAvg of local DP training, each partner adding all of its noise. "secure": distributed DP, one
+    # DP-SGD step a round over the union of the partners' rows, summed securely (server.secure_aggregation); then
+    # rounds = steps, batch_size = the union's expected batch, lr = the server's Adam rate (cosine over the job).
+    aggregation: str = "plain"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +92,14 @@ class Job:
             problems.append(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
         if self.accountant not in ACCOUNTANTS:
             problems.append(f"unknown accountant {self.accountant!r}; choose one of {ACCOUNTANTS}")
+        if self.aggregation not in AGGREGATIONS:
+            problems.append(f"unknown aggregation {self.aggregation!r}; choose one of {AGGREGATIONS}")
+        elif self.aggregation == "secure":
+            if self.strategy != "fedavg":
+                problems.append(f"secure aggregation sums the updates, so it needs strategy fedavg, not "
+                                f"{self.strategy!r} (a robust strategy must see each update)")  # fmt: skip
+            if self.min_partners < 2:
+                problems.append("secure aggregation needs min_partners >= 2: a sum of one update hides nothing")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"unknown lr schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}")
         if self.local_epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_grad_norm <= 0:
@@ -124,6 +136,8 @@ class Job:
             eval_fraction=self.eval_fraction,
             hidden=tuple(self.hidden),
             ledger_link=self.ledger_link,
+            aggregation=self.aggregation,
+            noise_partners=self.min_partners if self.aggregation == "secure" else 1,
         )
 
     def describe(self) -> dict[str, Any]:

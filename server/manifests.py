@@ -41,6 +41,7 @@ class RoundManifest:
     model_in_hash: str
     model_out_hash: str
     server_code_hash: str
+    aggregation: dict | None = None  # secure jobs: the trust statement of server.secure_aggregation
     closed_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     @property
@@ -70,7 +71,7 @@ class RoundManifest:
             "model_out_hash": self.model_out_hash,
             "server_code_hash": self.server_code_hash,
             "closed_at": self.closed_at,
-        }
+        } | ({"aggregation": dict(self.aggregation)} if self.aggregation else {})
 
 
 def round_manifest(
@@ -82,6 +83,7 @@ def round_manifest(
     missing_nodes: list[int],
     model_in: ArrayRecord,
     model_out: ArrayRecord,
+    aggregation: dict | None = None,
 ) -> RoundManifest:
     return RoundManifest(
         job_id=job.job_id,
@@ -99,6 +101,7 @@ def round_manifest(
         model_in_hash=model_hash(model_in),
         model_out_hash=model_hash(model_out),
         server_code_hash=server_code_hash(),
+        aggregation=aggregation,
     )
 
 

@@ -42,6 +42,7 @@ class PartnerReadiness:
     feature_schema: str
     epsilon_spent: float
     consenting_count: int = 0  # consenting subjects before the lifetime budget cap; >= eligible_count
+    masking_key: str = ""  # secure jobs: the partner's X25519 public key for the secure sum (hex)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -114,6 +115,8 @@ def preflight(grid: Grid, job: Job, checkpoint: CheckpointHook | None = None) ->
             report.not_ready[node] = f"{readiness.partner_id}: a second node claims this partner"
         elif readiness.train_rows < 1:
             report.not_ready[node] = f"{readiness.partner_id}: no eligible rows at tree size {job.tree_size}"
+        elif job.aggregation == "secure" and not readiness.masking_key:
+            report.not_ready[node] = f"{readiness.partner_id}: no masking key for the secure sum"
         else:
             report.ready.append(readiness)
     for node in nodes:
@@ -156,6 +159,7 @@ def _readiness(msg: Message) -> PartnerReadiness | str:
             epsilon_spent=float(r["epsilon-spent"]),
             # A partner that does not report it applies no cap of its own: everyone consenting is eligible.
             consenting_count=int(r.get("consenting-count", r["eligible-count"])),
+            masking_key=str(r.get("masking-key", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         return f"unreadable readiness reply: {exc!r}"

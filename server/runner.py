@@ -30,6 +30,7 @@ from models.nets import ChurnLTVNet, get_weights, weight_names
 from server.job import Job
 from server.manifests import RoundManifest, model_hash
 from server.preflight import CheckpointHook, PreflightReport, preflight
+from server.secure_aggregation import SecureSum
 from server.strategy import GuardedStrategy, PartnerMetrics, build_strategy
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,13 @@ def run_job(grid: Grid, job: Job, hooks: JobHooks | None = None) -> JobResult:
     hooks = hooks or JobHooks()
     report = hooks.preflight(grid, job, hooks.checkpoint)
     job = report.job
-    strategy = GuardedStrategy(build_strategy(job), job, report.partner_of_node, on_round=hooks.on_round)
     start = initial_model(job, report.n_features)
+    secure = None
+    if job.aggregation == "secure":
+        secure = SecureSum(job, {p.partner_id: p.masking_key for p in report.ready},
+                           {p.partner_id: p.train_rows for p in report.ready}, start, report.n_features)  # fmt: skip
+    strategy = GuardedStrategy(build_strategy(job), job, report.partner_of_node, on_round=hooks.on_round,
+                               secure=secure)  # fmt: skip
     initial_hash = model_hash(start)
     config = job.round_config().to_record()
     try:

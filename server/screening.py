@@ -1,7 +1,7 @@
 """Screening of train replies before aggregation: a malformed or unsafe update is refused and logged, never averaged.
 
-A reply is refused when its arrays do not match the global model (names, shapes, a floating dtype), contain NaN
-or Inf, when ``num-examples`` is not a positive finite number, when the reported epsilon is above the job's target,
+A reply is refused when its arrays do not match the global model (names, shapes, a floating dtype; in a secure job
+uint64 words of a masked update), contain NaN or Inf, when ``num-examples`` is not a positive finite number, when the reported epsilon is above the job's target,
 or when its manifest part is missing or does not describe this job, this round and this checkpoint. With the
 preflight's ``partner_of_node``, a reply from a node preflight did not find ready is refused too: that node's
 partner was never checked against the ledger. Replies that carry a Flower error (the ClientApp raised, or the node
@@ -96,7 +96,7 @@ def screen_train_replies(
             partner_id = part.partner_id
             _check_ready(msg, node_id, partner_of_node or {})
             _check_identity(part, node_id, job, server_round, partner_of_node or {}, seen_partners)
-            _check_arrays(msg.content.array_records, reference)
+            _check_arrays(msg.content.array_records, reference, masked=job.aggregation == "secure")
             _check_metrics(msg.content.metric_records, part, job)
         except (UpdateRefused, KeyError, TypeError, ValueError) as exc:
             refusal = Refusal(node_id, partner_id, str(exc) or type(exc).__name__)
@@ -158,7 +158,9 @@ def _check_identity(
         raise UpdateRefused(f"a second update for partner {part.partner_id!r} in the same round")
 
 
-def _check_arrays(array_records: Mapping[str, ArrayRecord], reference: ArrayShapes) -> None:
+def _check_arrays(array_records: Mapping[str, ArrayRecord], reference: ArrayShapes, masked: bool = False) -> None:
+    """Names and shapes of the global model; float and finite, or, masked for a secure sum, uint64 words (whose
+    values say nothing: the unmasked total is checked in ``server.secure_aggregation``)."""
     if set(array_records) != {ARRAYS}:
         raise UpdateRefused(f"expected one ArrayRecord {ARRAYS!r}, got {sorted(array_records)}")
     record = array_records[ARRAYS]
@@ -170,6 +172,10 @@ def _check_arrays(array_records: Mapping[str, ArrayRecord], reference: ArrayShap
         if tuple(array.shape) != reference[name]:
             raise UpdateRefused(f"{name}: shape {tuple(array.shape)}, expected {reference[name]}")
         values = array.numpy()
+        if masked:
+            if values.dtype != np.uint64:
+                raise UpdateRefused(f"{name}: dtype {values.dtype}, expected uint64 words of a masked update")
+            continue
         if not np.issubdtype(values.dtype, np.floating):
             raise UpdateRefused(f"{name}: dtype {values.dtype} is not floating point")
         if not np.isfinite(values).all():

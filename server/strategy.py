@@ -28,11 +28,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
-from client.protocol import ARRAYS, CONFIG, EPSILON, METRICS, NUM_EXAMPLES
+from client.protocol import ARRAYS, CONFIG, EPSILON, METRICS, NUM_EXAMPLES, REVEAL
 from server.job import Job, NotEnoughPartners
 from server.manifests import RoundManifest, round_manifest
 from server.partners import connected_partners, messages_to
-from server.screening import ArrayShapes, replying_node, screen_train_replies, shapes_of
+from server.screening import AcceptedUpdate, ArrayShapes, replying_node, screen_train_replies, shapes_of
+from server.secure_aggregation import SecureSum
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,10 @@ class GuardedStrategy(Strategy):
         job: Job,
         partner_of_node: Mapping[int, str] | None = None,
         on_round: Callable[[RoundManifest], None] | None = None,
+        secure: SecureSum | None = None,
     ) -> None:
         self.inner = inner
+        self.secure = secure  # a secure job: masked gradient sums, unmasked and stepped here instead of FedAvg
         self.job = job
         # Empty only without a preflight (unit tests): then every connected node takes part.
         self.partner_of_node = dict(partner_of_node or {})
@@ -111,6 +114,9 @@ class GuardedStrategy(Strategy):
         self._sent: dict[int, list[Message]] = {}
         self._global: dict[int, ArrayRecord] = {}
         self._reference: ArrayShapes = {}
+        self._grid: Grid | None = None
+        self._rosters: dict[int, list[str]] = {}
+        self._configs: dict[int, ConfigRecord] = {}
 
     def summary(self) -> None:
         log.info(
@@ -132,6 +138,11 @@ class GuardedStrategy(Strategy):
                                    among=self._ready())  # fmt: skip
         self._global[server_round] = arrays
         self._reference = shapes_of(arrays)
+        if self.secure is not None:
+            self._grid = grid
+            roster = self._rosters[server_round] = [self.partner_of_node[n] for n in nodes]
+            config = self.secure.round_config(config, roster)
+            self._configs[server_round] = ConfigRecord(dict(config, **{"server-round": server_round}))
         # Kept: the grid gives each message its id when it sends it, and replies refer to that id.
         self._sent[server_round] = self._messages(server_round, nodes, arrays, config, MessageType.TRAIN)
         return self._sent[server_round]
@@ -163,7 +174,11 @@ class GuardedStrategy(Strategy):
                 f"failed: {[r.to_dict() for r in screened.failed]}, no answer from nodes {missing})"
             )
         parts = [u.part for u in accepted]
-        arrays, metrics = self.inner.aggregate_train(server_round, [u.message for u in accepted])
+        if self.secure is not None:
+            arrays = self._secure_sum(server_round, accepted)
+            metrics = aggregate_train_metrics([u.message.content for u in accepted], NUM_EXAMPLES)
+        else:
+            arrays, metrics = self.inner.aggregate_train(server_round, [u.message for u in accepted])
         if arrays is None:
             raise NotEnoughPartners(f"job {self.job.job_id}: round {server_round} aggregated to nothing")
         if metrics is not None:
@@ -181,6 +196,7 @@ class GuardedStrategy(Strategy):
             missing,
             self._global.pop(server_round),
             arrays,
+            aggregation=self._trust(server_round),
         )
         self.manifests.append(manifest)
         log.info(
@@ -196,6 +212,34 @@ class GuardedStrategy(Strategy):
         if self.on_round is not None:
             self.on_round(manifest)
         return arrays, metrics
+
+    def _secure_sum(self, server_round: int, accepted: list[AcceptedUpdate]) -> ArrayRecord:
+        masked = {u.part.partner_id: u.message.content.array_records[ARRAYS] for u in accepted}
+        node_of = {u.part.partner_id: u.node_id for u in accepted}
+        config = self._configs.pop(server_round)
+
+        def reveal(survivors, dropped):
+            """Each survivor's round keys with the dropped partners (``query.reveal``), within the round timeout."""
+            content = RecordDict({CONFIG: config, REVEAL: ConfigRecord({"dropped": list(dropped)})})
+            messages = messages_to([node_of[p] for p in survivors], content, f"{MessageType.QUERY}.{REVEAL}",
+                                   ttl_s=self.job.round_timeout_s)  # fmt: skip
+            keys = {}
+            for msg in self._grid.send_and_receive(messages, timeout=self.job.round_timeout_s):
+                partner = self.partner_of_node.get(int(msg.metadata.src_node_id))
+                if msg.has_error() or partner not in survivors:
+                    log.warning("round %d: no mask keys from node %d: %s", server_round, msg.metadata.src_node_id,
+                                msg.error.reason if msg.has_error() else "not a survivor")  # fmt: skip
+                    continue
+                record = msg.content.config_records.get(REVEAL, ConfigRecord())
+                keys.update({(partner, d): bytes.fromhex(str(record[d])) for d in dropped if d in record})
+            return keys
+
+        return self.secure.aggregate(server_round, masked, self._rosters.pop(server_round), reveal)
+
+    def _trust(self, server_round: int) -> dict | None:
+        if self.secure is None:
+            return None
+        return self.secure.trust() | {"recovered": self.secure.recovered.get(server_round, [])}
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -24,7 +24,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.app import make_client_app
 from client.data import SyntheticPlatforms
 from client.eligibility import EligibleSet, Ledger, eligible_subjects
-from client.protocol import ARRAYS
+from client.protocol import ARRAYS, REVEAL
 
 CATEGORIES = ("behavioural", "transaction")
 PURPOSE = "churn_ltv_modelling"
@@ -106,6 +106,10 @@ def faulty_client_app(
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
+        return real(msg, context)
+
+    @app.query(REVEAL)
+    def reveal(msg: Message, context: Context) -> Message:
         return real(msg, context)
 
     return app

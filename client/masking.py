@@ -1,0 +1,85 @@
+"""A partner's side of the secure sum (``client.secure_sum``): its masking key, its masked update, its reveals.
+
+The X25519 key pair is made at preflight (the public half goes to the server in the readiness reply) and kept in
+the node's ``Context.state`` for the job; it never leaves the node. A SuperNode that restarts mid-job loses it and
+can no longer take part in that job's rounds (its replies fail, the survivors' masks with it are removed).
+
+A reveal (``query.reveal``) hands the server this round's key with partners the server says dropped. It is given
+only for the last round this partner masked, only for peers of that round's roster, never for itself: the server
+cannot collect round keys of other rounds to unmask anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+
+from client.protocol import RoundConfig
+from client.secure_sum import (
+    SecureSumError,
+    check_roster,
+    encode,
+    masked,
+    new_private_key,
+    pair_key,
+    private_bytes,
+    private_key_from,
+    public_hex,
+    round_key,
+)
+
+STATE_KEY = "secure-sum"
+
+
+def masking_public_key(state: RecordDict, job_id: str) -> str:
+    """This partner's public masking key for ``job_id`` (made on first use and kept in the node state)."""
+    record = state.config_records.get(STATE_KEY)
+    if record is None or record.get("job-id") != job_id:
+        key = new_private_key()
+        record = ConfigRecord({"job-id": job_id, "private-key": private_bytes(key), "round": 0, "peer-ids": [],
+                               "peer-keys": []})  # fmt: skip
+        state[STATE_KEY] = record
+    return public_hex(private_key_from(record["private-key"]))
+
+
+def mask_update(arrays: Sequence[np.ndarray], partner_id: str, job: RoundConfig, state: RecordDict) -> list[np.ndarray]:
+    """``arrays`` encoded and masked with every peer of the round's roster: uint64 arrays of the same shapes."""
+    record = _record(state, job.job_id)
+    peers = check_roster(job.peer_ids, job.peer_keys, partner_id)
+    private = private_key_from(record["private-key"])
+    keys = {peer: round_key(pair_key(private, public, job.job_id, partner_id, peer), job.server_round)
+            for peer, public in peers.items()}  # fmt: skip
+    flat = encode(np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]))
+    words = masked(flat, partner_id, keys)
+    record.update({"round": int(job.server_round), "peer-ids": list(job.peer_ids), "peer-keys": list(job.peer_keys)})
+    out, start = [], 0
+    for a in arrays:
+        size = int(np.asarray(a).size)
+        out.append(words[start : start + size].reshape(np.asarray(a).shape))
+        start += size
+    return out
+
+
+def reveal(state: RecordDict, partner_id: str, job_id: str, server_round: int, dropped: Sequence[str]) -> ConfigRecord:
+    """This round's keys with the ``dropped`` peers (peer -> hex round key), under the rules of the module doc."""
+    record = _record(state, job_id)
+    if int(record.get("round", 0)) != int(server_round):
+        raise SecureSumError(f"reveal refused: round {server_round} is not the last round {partner_id} masked "
+                             f"({record.get('round', 0)})")  # fmt: skip
+    roster = dict(zip(record["peer-ids"], record["peer-keys"]))
+    private = private_key_from(record["private-key"])
+    out = ConfigRecord()
+    for peer in sorted(set(dropped)):
+        if peer == partner_id or peer not in roster:
+            raise SecureSumError(f"reveal refused: {peer!r} is not a peer of {partner_id} in round {server_round}")
+        out[peer] = round_key(pair_key(private, roster[peer], job_id, partner_id, peer), server_round).hex()
+    return out
+
+
+def _record(state: RecordDict, job_id: str) -> ConfigRecord:
+    record = state.config_records.get(STATE_KEY)
+    if record is None or record.get("job-id") != job_id:
+        raise SecureSumError(f"no masking key for job {job_id!r} on this node (it was not at preflight, or restarted)")
+    return record

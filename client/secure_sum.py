@@ -1,0 +1,143 @@
+"""Secure summation of the partners' updates: pairwise masks that cancel in the sum, in fixed point mod 2^64.
+
+The server of a ``secure`` job (``server.secure_aggregation``) must learn only the total of the partners' clipped,
+noised gradient sums, never one partner's. As in Bonawitz et al.'s SecAgg (CCS 2017), without its double masking:
+
+* each partner holds an X25519 key pair per job and sends its public key at preflight; the server relays the
+  roster's keys in every round;
+* partners ``a`` and ``b`` derive the same pair key: HKDF-SHA256 over their X25519 shared secret, bound to the job and
+  both partner ids; per round, ``round_key = HMAC-SHA256(pair_key, round)`` keys a ChaCha20 keystream of 64-bit words,
+  the round's mask for that pair;
+* a vector is encoded in fixed point (``SCALE_BITS`` fractional bits, two's complement in uint64); the partner that
+  sorts first adds the pair's mask, the other subtracts it, all mod 2^64, so the masks cancel in the sum and each
+  masked vector alone is uniformly distributed;
+* a partner that drops out after the roster was sent leaves its pairs' masks in the sum; each survivor reveals its
+  ``round_key`` with the dropped partner (that round only, never the pair key), and the server removes those masks.
+
+Trust model, stated in every secure round manifest: the server is honest-but-curious and the key relay is not
+authenticated. A server that substitutes keys, or claims a partner dropped after receiving its vector, can read that
+partner's masked vector in the clear; it then sees one partner's noise share only, which is why every partner adds
+enough noise that its own contribution alone keeps ``epsilon_if_colluding`` (see ``server.secure_aggregation``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+SCALE_BITS = 24  # fixed-point resolution 2^-24 ≈ 6e-8, far below the DP noise (std >= ~1 per coordinate)
+# Bounds that keep an honest sum from wrapping: MAX_PARTNERS * MAX_ABS * 2^SCALE_BITS = 2^62 < 2^63.
+MAX_ABS = float(2**30)
+MAX_PARTNERS = 2**8
+_INFO = b"cohort-secure-sum/v1"
+
+
+class SecureSumError(ValueError):
+    """A vector that cannot be encoded, or a roster or reveal that does not fit the protocol."""
+
+
+def new_private_key() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def private_bytes(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
+def private_key_from(raw: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(bytes(raw))
+
+
+def public_hex(key: X25519PrivateKey) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def pair_key(private: X25519PrivateKey, peer_public_hex: str, job_id: str, me: str, peer: str) -> bytes:
+    """The 32-byte key ``me`` and ``peer`` share in ``job_id`` (the same on both sides)."""
+    if me == peer:
+        raise SecureSumError("a partner has no pair key with itself")
+    try:
+        peer_key = X25519PublicKey.from_public_bytes(bytes.fromhex(peer_public_hex))
+    except ValueError as exc:
+        raise SecureSumError(f"masking key of {peer!r} is not a 32-byte X25519 public key in hex") from exc
+    shared = private.exchange(peer_key)
+    first, second = sorted((me, peer))
+    info = b"|".join((_INFO, job_id.encode(), first.encode(), second.encode()))
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+
+
+def round_key(key: bytes, server_round: int) -> bytes:
+    """The key of one round's mask for a pair: revealing it exposes that round's mask only."""
+    return hmac.new(key, b"round|%d" % int(server_round), hashlib.sha256).digest()
+
+
+def mask_words(key: bytes, length: int) -> np.ndarray:
+    """``length`` uint64 words of ChaCha20 keystream under a round key (nonce 0: each round key is used once)."""
+    encryptor = Cipher(algorithms.ChaCha20(key, b"\0" * 16), mode=None).encryptor()
+    return np.frombuffer(encryptor.update(b"\0" * (8 * length)), dtype="<u8").astype(np.uint64)
+
+
+def encode(vector: np.ndarray) -> np.ndarray:
+    """Fixed point: ``round(v * 2^SCALE_BITS)`` as two's-complement uint64; NaN/Inf or ``|v| > MAX_ABS`` refused."""
+    values = np.asarray(vector, dtype=np.float64).ravel()
+    if not np.isfinite(values).all():
+        raise SecureSumError(f"{int((~np.isfinite(values)).sum())} NaN/Inf value(s): refusing to encode the update")
+    peak = float(np.abs(values).max(initial=0.0))
+    if peak > MAX_ABS:
+        raise SecureSumError(f"a value of magnitude {peak:.3g} exceeds the secure sum's range {MAX_ABS:.3g}")
+    return np.rint(values * 2.0**SCALE_BITS).astype(np.int64).view(np.uint64)
+
+
+def decode(total: np.ndarray) -> np.ndarray:
+    """The float64 vector a (sum of) ``encode`` output(s) stands for."""
+    return np.asarray(total, dtype=np.uint64).view(np.int64).astype(np.float64) / 2.0**SCALE_BITS
+
+
+def mask_sign(me: str, peer: str) -> int:
+    """+1 if ``me`` adds the pair's mask, -1 if it subtracts it: the partner id that sorts first adds."""
+    return 1 if me < peer else -1
+
+
+def masked(encoded: np.ndarray, me: str, round_keys: Mapping[str, bytes]) -> np.ndarray:
+    """``encoded`` plus ``me``'s signed mask with every peer (``round_keys``: peer -> this round's key), mod 2^64."""
+    out = np.array(encoded, dtype=np.uint64, copy=True)
+    for peer in sorted(round_keys):
+        words = mask_words(round_keys[peer], out.size)
+        out = out + words if mask_sign(me, peer) > 0 else out - words  # uint64 arithmetic wraps: mod 2^64
+    return out
+
+
+def check_roster(roster: Sequence[str], keys: Sequence[str], me: str) -> dict[str, str]:
+    """The peers' public keys from a round's roster (partner ids and keys, in the same order), ``me`` included."""
+    if len(roster) != len(keys) or len(set(roster)) != len(roster):
+        raise SecureSumError(f"malformed roster: {len(roster)} partner ids, {len(keys)} keys, duplicates or not")
+    if me not in roster:
+        raise SecureSumError(f"partner {me!r} is not in this round's roster {sorted(roster)}")
+    if len(roster) > MAX_PARTNERS:
+        raise SecureSumError(f"a roster of {len(roster)} partners exceeds the secure sum's {MAX_PARTNERS}")
+    return {p: k for p, k in zip(roster, keys) if p != me}
+
+
+def sum_words(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """The mod-2^64 sum of masked vectors (what the server adds up)."""
+    total = np.zeros_like(np.asarray(vectors[0], dtype=np.uint64))
+    for v in vectors:
+        total = total + np.asarray(v, dtype=np.uint64)
+    return total
+
+
+def remove_masks(total: np.ndarray, revealed: Mapping[tuple[str, str], bytes]) -> np.ndarray:
+    """``total`` without the masks survivors revealed: ``(survivor, dropped) -> round key``. The survivor's vector
+    in the total carries ``mask_sign(survivor, dropped) * mask``; that is taken off again."""
+    out = np.array(total, dtype=np.uint64, copy=True)
+    for (survivor, dropped), key in sorted(revealed.items()):
+        words = mask_words(key, out.size)
+        out = out - words if mask_sign(survivor, dropped) > 0 else out + words
+    return out

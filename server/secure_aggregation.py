@@ -1,0 +1,139 @@
+"""The server's side of a ``secure`` job: distributed DP over a secure sum, one DP-SGD step a round.
+
+Why: with per-partner DP each of the three partners adds all of the noise its users' ε needs, so the FedAvg average
+carries sqrt(3) times the noise one central curator would add (docs/benchmarks.md). With a secure sum the server
+sees only the total of the partners' clipped gradient sums, so each partner adds ``1 / sqrt(m)`` of the noise
+(``m = min_partners``) and any round the server applies holds at least ``m`` shares: the total noise of a
+centralized DP-SGD step, at the union's sample rate ``q = 1 / ceil(N / batch_size)`` over ``N`` rows.
+
+Per round, ``SecureSum``:
+
+* adds to the round's config the union's row count, the noise divisor and the roster (partners and the X25519 public
+  keys they gave at preflight);
+* adds up the masked uint64 vectors of the accepted replies; for roster partners with no usable reply it asks the
+  survivors for their round keys with them (``query.reveal``) and removes those masks; without every survivor's
+  reveal the round cannot be unmasked and the job stops;
+* decodes the total and checks it is a sum an honest roster could send (norm within ``C`` per row plus six
+  standard deviations of the noise, per coordinate): the server cannot screen one partner's masked vector for
+  NaN or size, so a malformed one shows here and stops the job (its author cannot be told apart);
+* divides by the expected batch ``q * N`` and takes an Adam step (cosine-decayed learning rate over the job).
+
+``trust()`` is what every secure round manifest states: the total noise multiplier, each partner's share, and the ε
+a partner's users keep if the server sees that partner's vector alone (server and all other partners colluding,
+or a server that fakes a dropout or substitutes keys): that of the share alone, composed over the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+from client.privacy import epsilon_of, plan_noise
+from client.protocol import RoundConfig, arrays_to_record, record_to_arrays
+from client.secure_sum import decode, remove_masks, sum_words
+from models.nets import ChurnLTVNet, get_weights, set_weights, weight_names
+from server.job import Job, JobStopped
+
+log = logging.getLogger(__name__)
+
+NORM_SLACK_SIGMAS = 6.0
+# (survivor partner ids, dropped partner ids) -> {(survivor, dropped): round key}
+Reveal = Callable[[Sequence[str], Sequence[str]], Mapping[tuple[str, str], bytes]]
+
+
+class SecureSumFailed(JobStopped):
+    """A secure round's sum could not be unmasked, or is not a sum honest partners could have sent."""
+
+
+class SecureSum:
+    def __init__(self, job: Job, masking_keys: Mapping[str, str], train_rows: Mapping[str, int],
+                 initial: ArrayRecord, n_features: int) -> None:  # fmt: skip
+        missing = sorted(p for p in train_rows if not masking_keys.get(p))
+        if missing:
+            raise JobStopped(f"job {job.job_id}: partner(s) {missing} gave no masking key at preflight")
+        self.job = job
+        self.keys = dict(masking_keys)
+        self.union_rows = int(sum(train_rows.values()))
+        config = self._config(job.round_config())
+        self.plan = plan_noise(self.union_rows, config)
+        self.share = self.plan.noise_multiplier / math.sqrt(config.noise_partners)
+        self.epsilon_if_colluding = epsilon_of([(self.share, self.plan.sample_rate, job.rounds)], config)
+        self.net = ChurnLTVNet(n_features, hidden=job.hidden)
+        set_weights(self.net, record_to_arrays(initial))
+        self.names = weight_names(self.net)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=job.lr)
+        self.recovered: dict[int, list[str]] = {}  # round -> partners whose masks were removed
+
+    def _config(self, config: RoundConfig) -> RoundConfig:
+        return replace(config, union_rows=self.union_rows)
+
+    def round_config(self, config: ConfigRecord, roster: Sequence[str]) -> ConfigRecord:
+        """The round's config with the union size and the roster (partner ids and masking keys, in one order)."""
+        config["union-rows"] = self.union_rows
+        config["peer-ids"] = list(roster)
+        config["peer-keys"] = [self.keys[p] for p in roster]
+        return config
+
+    def trust(self) -> dict:
+        return {
+            "mode": "secure",
+            "noise_multiplier": self.plan.noise_multiplier,
+            "partner_noise_multiplier": self.share,
+            "noise_partners": self.job.min_partners,
+            "sample_rate": self.plan.sample_rate,
+            "union_rows": self.union_rows,
+            "epsilon_if_colluding": self.epsilon_if_colluding,
+        }
+
+    def aggregate(self, server_round: int, masked: Mapping[str, ArrayRecord], roster: Sequence[str],
+                  reveal: Reveal) -> ArrayRecord:  # fmt: skip
+        """The new global model from the accepted partners' masked vectors (partner -> arrays) of ``roster``."""
+        survivors = sorted(masked)
+        dropped = sorted(set(roster) - set(survivors))
+        vectors = [np.concatenate([a.numpy().astype(np.uint64).ravel() for a in masked[p].values()]) for p in survivors]
+        total = sum_words(vectors)
+        if dropped:
+            keys = reveal(survivors, dropped)
+            wanted = {(s, d) for s in survivors for d in dropped}
+            if set(keys) != wanted:
+                raise SecureSumFailed(f"job {self.job.job_id} round {server_round}: the sum cannot be unmasked, "
+                                      f"missing mask keys {sorted(wanted - set(keys))}")  # fmt: skip
+            total = remove_masks(total, keys)
+            self.recovered[server_round] = dropped
+            log.warning("round %d: masks of dropped partner(s) %s removed with %d revealed round key(s)",
+                        server_round, dropped, len(keys))  # fmt: skip
+        gradient_sum = decode(total)
+        self._check_plausible(server_round, gradient_sum, len(survivors))
+        self._step(server_round, gradient_sum / (self.plan.sample_rate * self.union_rows))
+        return arrays_to_record(self.names, get_weights(self.net))
+
+    def _check_plausible(self, server_round: int, gradient_sum: np.ndarray, shares: int) -> None:
+        c = self.job.max_grad_norm
+        noise_std = self.share * c * math.sqrt(shares)
+        bound = c * self.union_rows + NORM_SLACK_SIGMAS * noise_std * math.sqrt(gradient_sum.size)
+        norm = float(np.linalg.norm(gradient_sum))
+        if not math.isfinite(norm) or norm > bound:
+            raise SecureSumFailed(f"job {self.job.job_id} round {server_round}: the unmasked sum has norm {norm:.3g} > "
+                                  f"{bound:.3g}, more than {len(self.keys)} honest partners can send; a partner sent "
+                                  "a malformed update (which one cannot be told from a secure sum)")  # fmt: skip
+
+    def _step(self, server_round: int, gradient: np.ndarray) -> None:
+        if self.job.lr_schedule == "cosine":
+            lr = self.job.lr * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / self.job.rounds))
+        else:
+            lr = self.job.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        start = 0
+        for p in self.net.parameters():
+            size = p.numel()
+            p.grad = torch.as_tensor(gradient[start : start + size], dtype=p.dtype).reshape(p.shape)
+            start += size
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
