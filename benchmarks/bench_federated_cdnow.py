@@ -48,6 +48,10 @@ SECTION = "Federated training"
 PURPOSE = "churn_ltv_modelling"
 TARGETS = {"churn_auc": (">=", 0.770), "ltv_gini": (">=", 0.715), "decile_mape": ("<=", 0.08)}
 PARTNER_GAIN = 0.03  # federated Gini - local-only Gini, on each partner's own held-out customers
+# A secure job's rounds are single steps over the union, so its settings say nothing about a partner training
+# alone; its local-only DP baseline is then the plain job's (defaults of this script: 30 rounds x 2 local epochs,
+# batch 1024, lr 0.01 cosine, C=30), so the local-only rows are those of the plain runs.
+SECURE_LOCAL_DP = {"epochs": 60, "batch_size": 1024, "lr": 1e-2, "max_grad_norm": 30.0}
 
 
 # ---- shared by the three federated benchmarks --------------------------------------------------------------------
@@ -160,7 +164,7 @@ def run(args) -> dict:
     names = [FED, FED_CAL, LOCAL_DP, LOCAL, CENTRAL, CENTRAL_DP]
     scores = {name: (np.full(n, np.nan), np.full(n, np.nan)) for name in names}
     scored = np.zeros(n, dtype=bool)
-    fed_s, sigma, epsilon, local_sigma, central_sigma, n_train = [], {}, {}, {}, 0.0, {}
+    fed_s, sigma, epsilon, local_sigma, central_sigma, n_train, trust = [], {}, {}, {}, 0.0, {}, {}
     X, churn, ltv = table.X, table.churn, table.ltv
 
     def keep(name, rows, model):
@@ -179,7 +183,7 @@ def run(args) -> dict:
                   round_timeout_s=300.0, strategy=args.strategy, accountant=args.accountant,
                   local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                   max_grad_norm=args.max_grad_norm, eval_fraction=0.0, evaluate_every=0, seed=args.seed,
-                  ltv_loc_init=args.ltv_loc_init)  # fmt: skip
+                  ltv_loc_init=args.ltv_loc_init, aggregation=args.aggregation)  # fmt: skip
         binding = LedgerBinding(world.ledger, world.coordinator, lifetime_epsilon=None, day=day)
         link = LinkByURL(link_url(str(world.db_path), str(world.keys_dir), None, job.target_epsilon, day))
         t0 = time.perf_counter()
@@ -187,6 +191,7 @@ def run(args) -> dict:
                               cpus=os.cpu_count())  # fmt: skip
         fed_s.append(time.perf_counter() - t0)
         sigma = {p.partner_id: p.noise_multiplier for p in result.manifests[-1].partners}
+        trust = result.manifests[-1].aggregation or {}
         epsilon = result.epsilon_by_partner
         log(f"  federated job: {len(result.manifests)} rounds in {fed_s[-1]:.1f} s (Ray start included), ε "
             + ", ".join(f"{p} {e:.3f}" for p, e in sorted(epsilon.items()))
@@ -211,10 +216,13 @@ def run(args) -> dict:
             scores[FED_CAL][0][mine] = scores[FED][0][mine]
             scores[FED_CAL][1][mine] = calibration.apply(scores[FED][1][mine])
             model = initial_net(job, n_features)  # the federated job's initial weights
-            report = train(model, r.X, r.churn, r.ltv, epochs=job.rounds * job.local_epochs,
-                           batch_size=job.batch_size, lr=job.lr, lr_decay=lr_decays(job.lr_schedule),
-                           seed=args.seed + 1 + fold, dp=DPConfig(target_epsilon=job.target_epsilon, delta=job.delta,
-                                       max_grad_norm=job.max_grad_norm, accountant=job.accountant))  # fmt: skip
+            local = SECURE_LOCAL_DP if job.aggregation == "secure" else {
+                "epochs": job.rounds * job.local_epochs, "batch_size": job.batch_size, "lr": job.lr,
+                "max_grad_norm": job.max_grad_norm}  # fmt: skip
+            report = train(model, r.X, r.churn, r.ltv, epochs=local["epochs"], batch_size=local["batch_size"],
+                           lr=local["lr"], lr_decay=lr_decays(job.lr_schedule), seed=args.seed + 1 + fold,
+                           dp=DPConfig(target_epsilon=job.target_epsilon, delta=job.delta,
+                                       max_grad_norm=local["max_grad_norm"], accountant=job.accountant))  # fmt: skip
             local_sigma[p] = report.noise_multiplier
             keep(LOCAL_DP, mine, model)
             model, _ = fit_mlp(r.X, r.churn, r.ltv, quality.mlp, None, seed=args.seed + fold)
@@ -233,7 +241,7 @@ def run(args) -> dict:
     seconds = time.perf_counter() - started
     log(f"done; load average at end: {load_average()}")
     return {"args": vars(args), "job": job, "folds": folds, "overall": overall, "per_partner": per_partner,
-            "seconds": seconds, "fed_seconds": fed_s, "ledger_seconds": ledger_s, "sigma": sigma,
+            "seconds": seconds, "fed_seconds": fed_s, "ledger_seconds": ledger_s, "sigma": sigma, "trust": trust,
             "local_sigma": local_sigma, "epsilon": epsilon, "central_dp_sigma": central_sigma, "n_train": n_train,
             "n_test": {p: int((scored & (partner_of_row == k)).sum()) for k, p in enumerate(base.partners)},
             "held_out": int(scored.sum()), "quality": quality}
@@ -255,24 +263,30 @@ def report(res: dict) -> str:
         f"{a['rounds']} --local-epochs {a['local_epochs']} --batch-size {a['batch_size']} --lr {a['lr']:g} "
         f"--lr-schedule {a['lr_schedule']} "
         f"--max-grad-norm {a['max_grad_norm']:g} --epsilon {a['epsilon']:g}"
-        + ("" if a["accountant"] == "rdp" else f" --accountant {a['accountant']}") + "`",
+        + ("" if a["accountant"] == "rdp" else f" --accountant {a['accountant']}")
+        + ("" if a["aggregation"] == "plain" else f" --aggregation {a['aggregation']}") + "`",
         "",
         f"Data: CDNOW, 23,570 customers, 39/39-week calibration/holdout, basic + transaction features; {protocol}. "
         f"Partners: `partition_noniid(by={a['by']!r}, seed={a['partition_seed']}, mixing={a['mixing']:g})` into "
         "A/B/C (" + ", ".join(f"{p} {n:,}" for p, n in res["n_train"].items()) + " training customers in the last "
         "fold). Real consent ledger (SQLite, every customer consenting, job fixed to a signed checkpoint, one "
         "signed manifest per round), `simulate_job` (Flower simulation, Ray, 1 CPU per partner), "
-        f"{job.strategy}, {job.rounds} rounds × {job.local_epochs} local epochs, batch {job.batch_size} (Poisson), "
-        f"Adam lr {job.lr:g} ({'cosine-decayed within each round' if job.lr_schedule == 'cosine' else 'constant'}), clip C={job.max_grad_norm:g}, ε={a['epsilon']:g} "
-        f"per partner (δ=1e-5, {a['accountant'].upper()}), σ "
-        + ", ".join(f"{p} {s:.2f}" for p, s in sorted(res["sigma"].items()))
+        + (_secure_job(job, a, res) if job.aggregation == "secure" else
+           f"{job.strategy}, {job.rounds} rounds × {job.local_epochs} local epochs, batch {job.batch_size} (Poisson), "
+           f"Adam lr {job.lr:g} ({'cosine-decayed within each round' if job.lr_schedule == 'cosine' else 'constant'}), "
+           f"clip C={job.max_grad_norm:g}, ε={a['epsilon']:g} per partner (δ=1e-5, {a['accountant'].upper()}), σ "
+           + ", ".join(f"{p} {s:.2f}" for p, s in sorted(res["sigma"].items())))
         + "; ε spent " + ", ".join(f"{p} {e:.2f}" for p, e in sorted(res["epsilon"].items())) + ".",
         f"Baselines (`models.train` directly, same rows): centralized = `models.quality` settings (non-private: "
         f"{q.mlp.epochs} epochs, batch {q.mlp.batch_size}, lr {q.mlp.lr:g}; DP: {q.dp_mlp.epochs} epochs, batch "
         f"{q.dp_mlp.batch_size}, lr {q.dp_mlp.lr:g}, C={q.dp_mlp.max_grad_norm:g}, σ {res['central_dp_sigma']:.2f}); "
-        f"local-only DP = the partner's own rows with the federated partner's ε, {job.rounds * job.local_epochs} "
-        "epochs, batch, lr, C and initial weights (so the same σ); local-only non-private = `models.quality` "
-        "non-private settings.",
+        + (f"local-only DP = the partner's own rows, ε={a['epsilon']:g}, the plain job's recipe "
+           f"({SECURE_LOCAL_DP['epochs']} epochs, batch {SECURE_LOCAL_DP['batch_size']}, lr {SECURE_LOCAL_DP['lr']:g}, "
+           f"C={SECURE_LOCAL_DP['max_grad_norm']:g}) and the job's initial weights; "
+           if job.aggregation == "secure" else
+           f"local-only DP = the partner's own rows with the federated partner's ε, {job.rounds * job.local_epochs} "
+           "epochs, batch, lr, C and initial weights (so the same σ); ")
+        + "local-only non-private = `models.quality` non-private settings.",
         "",
         f"Machine: {machine()}; load average (1/5/15 min) {res.get('load_start', '?')} at start, {res['load']} at "
         f"end. Whole run {res['seconds']:.0f} s (consent ledger {res['ledger_seconds']:.0f} s; federated job"
@@ -305,6 +319,17 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _secure_job(job, a: dict, res: dict) -> str:
+    t = res["trust"]
+    return (f"secure aggregation (distributed DP, `aggregation = \"secure\"`): {job.rounds} rounds of one DP-SGD step "
+            f"over the union's {t['union_rows']:,} rows (each partner Poisson-samples its rows at q={t['sample_rate']:.3f}, "
+            f"expected batch {job.batch_size}), pairwise-masked secure sum, server Adam lr {job.lr:g} "
+            f"({'cosine over the job' if job.lr_schedule == 'cosine' else 'constant'}), clip C={job.max_grad_norm:g}, "
+            f"ε={a['epsilon']:g} per partner's users (δ=1e-5, {a['accountant'].upper()}), σ {t['noise_multiplier']:.2f} "
+            f"in total, {t['partner_noise_multiplier']:.2f} from each partner (ε {t['epsilon_if_colluding']:.1f} if the "
+            "server saw one partner's vector alone)")
+
+
 def partner_gains(per_partner: dict) -> tuple[dict, dict]:
     """Per partner: (federated − local-only DP Gini, centralized non-private − local-only DP Gini). The second is
     the gain a federated model would show if federation and DP cost nothing: the ceiling of the first."""
@@ -330,6 +355,9 @@ def main(argv=None) -> int:
     parser.add_argument("--accountant", choices=("rdp", "prv"), default="rdp",
                         help="the partners' accountant (sigma for the job's epsilon; the baselines' DP uses the same)")
     parser.add_argument("--strategy", default="fedavg")
+    parser.add_argument("--aggregation", choices=("plain", "secure"), default="plain",
+                        help="secure: distributed DP, one step a round (--rounds = steps, --batch-size = the union's "
+                             "expected batch, --lr = the server's Adam rate over the job)")
     parser.add_argument("--ltv-loc-init", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--doc", action="store_true", help=f"write the result into docs/benchmarks.md ({SECTION})")
@@ -349,7 +377,8 @@ def main(argv=None) -> int:
           + ", ".join(f"{p} {g:+.3f}{'' if g >= PARTNER_GAIN else ' (< +0.03)'}" for p, g in gains.items()))
     if args.doc:
         which = "cross-fitted" if len(res["folds"]) == 5 else f"fold {args.folds} held out"
-        update_subsection(f"CDNOW, 3 non-IID partners ({args.by}), federated DP ε={args.epsilon:g}, {which}", text)
+        kind = "federated DP" if args.aggregation == "plain" else "secure aggregation (distributed DP)"
+        update_subsection(f"CDNOW, 3 non-IID partners ({args.by}), {kind} ε={args.epsilon:g}, {which}", text)
     return 0
 
 

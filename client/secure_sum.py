@@ -15,9 +15,11 @@ noised gradient sums, never one partner's. As in Bonawitz et al.'s SecAgg (CCS 2
   ``round_key`` with the dropped partner (that round only, never the pair key), and the server removes those masks.
 
 Trust model, stated in every secure round manifest: the server is honest-but-curious and the key relay is not
-authenticated. A server that substitutes keys, or claims a partner dropped after receiving its vector, can read that
-partner's masked vector in the clear; it then sees one partner's noise share only, which is why every partner adds
-enough noise that its own contribution alone keeps ``epsilon_if_colluding`` (see ``server.secure_aggregation``).
+authenticated. A server that substitutes keys, or treats a partner as dropped after receiving its vector, can read
+that partner's vector in the clear. It does the latter honestly when screening refuses a reply (wrong manifest,
+wrong shapes): the survivors' reveals then unmask the refused vector too. Either way the server sees one partner's
+noise share only, and every partner adds enough noise that its share alone keeps ``epsilon_if_colluding`` (see
+``server.secure_aggregation``); rounds whose masks were removed are listed in their manifest (``recovered``).
 """
 
 from __future__ import annotations
