@@ -1,11 +1,12 @@
-"""What distributed DP (secure aggregation + one DP-SGD step a round) would give on the CDNOW federated benchmark.
+"""Distributed DP (secure aggregation + one DP-SGD step a round) on the CDNOW federated benchmark, emulated in process.
 
-Cohort's partners each add their own DP noise today, so the FedAvg average carries sqrt(3) times the noise a central
-curator would add for the same ε (docs/benchmarks.md, "Why the CDNOW targets are missed"). With a secure sum the
-server would see only the total of the partners' clipped, noised gradient sums, and each partner could add
-sigma / sqrt(3) of the noise. ``fedavg_emulation.distributed_dpsgd`` emulates that in process (no secure
-aggregation is implemented, no Flower, no ledger); this script runs it cross-fitted on the benchmark's partners and
-prints it next to centralized DP-SGD with the same settings (``models.train``, Opacus), which it should match.
+Per-partner DP (plain jobs) has each partner add all of its noise, so the FedAvg average carries sqrt(3) times the
+noise a central curator would add for the same ε (docs/benchmarks.md, "Why the CDNOW targets are missed"). In a
+secure job (``aggregation = "secure"``) the server sees only the total of the partners' clipped, noised gradient
+sums, and each partner adds sigma / sqrt(3) of the noise. ``fedavg_emulation.distributed_dpsgd`` emulates that in
+process (no Flower, no masks, no ledger: seconds instead of a 600-round job); this script runs it cross-fitted on
+the benchmark's partners and prints it next to centralized DP-SGD with the same settings (``models.train``,
+Opacus), which it should match. The real job: ``bench_federated_cdnow.py --aggregation secure``.
 
     python benchmarks/bench_distributed_dp.py [--folds 0,1,2,3,4] [--by cohort] [--seed 0] [--doc]
 """
@@ -94,7 +95,7 @@ def report(args, res: dict) -> str:
         f"{s.lr:g} cosine-decayed, clip C={s.max_grad_norm:g}, ε={args.epsilon:g} per partner's users (δ=1e-5, RDP), "
         f"σ {f['sigma']:.2f} in total ({f['sigma'] / np.sqrt(3):.2f} from each partner; if the server and the two "
         f"other partners colluded, a partner's users would have ε={f['colluding']:.1f}); centralized Opacus σ "
-        f"{f['central_sigma']:.2f}. Emulation only: no secure aggregation runs; Cohort's jobs add per-partner DP.",
+        f"{f['central_sigma']:.2f}. Emulation only (no Flower, no masks); the real secure job is `bench_federated_cdnow.py --aggregation secure`.",
         "",
         f"Machine: {machine()}; load average {load_average()}; distributed DP "
         + ", ".join(f"{x:.0f}" for x in res["seconds"]) + f" s a fold, whole run {res['total']:.0f} s.",

@@ -1,5 +1,6 @@
 """In-process emulations of a Cohort job: FedAvg as the Flower job runs it (``fedavg``), and distributed DP as
-secure aggregation would allow it (``distributed_dpsgd``, not in Cohort yet).
+Cohort's secure jobs run it (``distributed_dpsgd``; the real job: ``aggregation = "secure"``,
+``server.secure_aggregation``).
 
 Not a benchmark itself; `bench_demo_schedule.py`, `bench_federated_search.py` and `bench_distributed_dp.py` import
 it to compare training settings in seconds instead of one Flower job each. In ``fedavg`` each partner trains with
@@ -56,8 +57,8 @@ def fedavg(parts: list, job: Job, seed: int, fresh, ltv_weight: float = 1.0) -> 
 
 def distributed_dpsgd(parts: list, fresh, epochs: int, batch_size: int, lr: float, max_grad_norm: float,
                       epsilon: float, delta: float, seed: int) -> tuple[ChurnLTVNet, float, float]:  # fmt: skip
-    """What secure aggregation would let the partners do (not in Cohort yet): distributed DP-SGD, one FedSGD step a
-    round. Each round every partner Poisson-samples its rows at the union's rate ``q = 1 / ceil(n / batch_size)``,
+    """What a secure job does (``aggregation = "secure"``) without Flower, masks or ledger: distributed DP-SGD, one
+    step a round. Each round every partner Poisson-samples its rows at the union's rate ``q = 1 / ceil(n / batch_size)``,
     clips each sampled example's gradient to ``max_grad_norm`` (as Opacus does) and adds Gaussian noise of std
     ``sigma * C / sqrt(partners)`` to its clipped sum; a secure sum would show the server only the total, whose noise
     is ``sigma * C``, the centralized DP-SGD step's. The server divides by the expected batch ``q * n`` and takes an

@@ -133,24 +133,25 @@ def test_the_server_unmasks_a_round_with_a_dropout_and_steps_on_the_survivors_su
     assert server.recovered == {1: ["b"]}
 
 
-def test_without_every_survivors_reveal_the_round_cannot_be_unmasked():
+def _round_one_replies(senders=PARTNERS):
+    """A fresh secure job's server and the masked round-1 records of ``senders`` (partner -> ArrayRecord)."""
     job = secure_job()
     states, server, _ = _partners_and_server(job)
     config = _round(server, job, 1)
     names = weight_names(ChurnLTVNet(N_FEATURES))
-    records = {p: arrays_to_record(names, mask_update(_gradients(i), p, config, states[p]))
-               for i, p in enumerate(("a", "b"))}  # fmt: skip
+    records = {p: arrays_to_record(names, mask_update(_gradients(PARTNERS.index(p)), p, config, states[p]))
+               for p in senders}  # fmt: skip
+    return server, records
+
+
+def test_without_every_survivors_reveal_the_round_cannot_be_unmasked():
+    server, records = _round_one_replies(("a", "b"))
     with pytest.raises(SecureSumFailed, match=r"missing mask keys \[\('b', 'c'\)\]"):
         server.aggregate(1, records, list(PARTNERS), lambda who, dropped: {("a", "c"): b"\0" * 32})
 
 
 def test_a_malformed_masked_update_stops_the_job_instead_of_stepping_on_garbage():
-    job = secure_job()
-    states, server, _ = _partners_and_server(job)
-    config = _round(server, job, 1)
-    names = weight_names(ChurnLTVNet(N_FEATURES))
-    records = {p: arrays_to_record(names, mask_update(_gradients(i), p, config, states[p]))
-               for i, p in enumerate(PARTNERS)}  # fmt: skip
+    server, records = _round_one_replies()
     rng = np.random.default_rng(3)
     first = next(iter(records["b"].keys()))
     garbage = rng.integers(0, 2**63, size=records["b"][first].shape, dtype=np.uint64)
