@@ -47,7 +47,7 @@ def masking_public_key(state: RecordDict, job_id: str) -> str:
 def mask_update(arrays: Sequence[np.ndarray], partner_id: str, job: RoundConfig, state: RecordDict) -> list[np.ndarray]:
     """``arrays`` encoded and masked with every peer of the round's roster: uint64 arrays of the same shapes."""
     record = _record(state, job.job_id)
-    peers = check_roster(job.peer_ids, job.peer_keys, partner_id)
+    peers = check_roster(job.peer_ids, job.peer_keys, partner_id, at_least=job.noise_partners)
     private = private_key_from(record["private-key"])
     keys = {peer: round_key(pair_key(private, public, job.job_id, partner_id, peer), job.server_round)
             for peer, public in peers.items()}  # fmt: skip

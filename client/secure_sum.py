@@ -116,10 +116,14 @@ def masked(encoded: np.ndarray, me: str, round_keys: Mapping[str, bytes]) -> np.
     return out
 
 
-def check_roster(roster: Sequence[str], keys: Sequence[str], me: str) -> dict[str, str]:
-    """The peers' public keys from a round's roster (partner ids and keys, in the same order), ``me`` included."""
+def check_roster(roster: Sequence[str], keys: Sequence[str], me: str, at_least: int = 2) -> dict[str, str]:
+    """The peers' public keys from a round's roster (partner ids and keys, in the same order), ``me`` included.
+    ``at_least``: the noise divisor; a smaller roster could not bring the sum its full noise, so it is refused."""
     if len(roster) != len(keys) or len(set(roster)) != len(roster):
         raise SecureSumError(f"malformed roster: {len(roster)} partner ids, {len(keys)} keys, duplicates or not")
+    if len(roster) < max(2, at_least):
+        raise SecureSumError(f"a roster of {len(roster)} partner(s) cannot carry the noise of {at_least} shares: "
+                             "refusing to contribute")  # fmt: skip
     if me not in roster:
         raise SecureSumError(f"partner {me!r} is not in this round's roster {sorted(roster)}")
     if len(roster) > MAX_PARTNERS:

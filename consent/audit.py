@@ -12,12 +12,14 @@ eligible set stays the one its first round committed to. Logs written when budge
 `model.published` replay the same for jobs that finished; only a job that stopped early differs (it was never
 charged then). Equal roots mean the round used exactly the consenting, in-budget subjects; for every
 subject withdrawn, refused, expired or erased before the checkpoint the auditor also builds and checks a
-non-membership proof against the committed root.
+non-membership proof against the committed root. A secure round's DP statement is checked for consistency too
+(``secure_round_problems``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -54,6 +56,7 @@ def audit_rounds(store: LedgerStore) -> AuditReport:
     charged: dict[tuple[str, str], float] = defaultdict(float)  # (job, partner) -> ε the job charged its subjects
     for idx, data in sorted(store.find_by_type("round.manifest")):
         body = json.loads(data)["body"]
+        report.problems += [f"entry {idx}: {problem}" for problem in secure_round_problems(body)]
         cap = body.get("lifetime_epsilon")
         target = float(body.get("dp", {}).get("target_epsilon", 0.0))
         for part in body.get("partners", []):
@@ -86,6 +89,28 @@ def audit_rounds(store: LedgerStore) -> AuditReport:
             report.rounds.append(RoundAudit(body["job_id"], int(body["round"]), partner, size,
                                             int(part["eligible_count"]), len(refs), matches, proven))  # fmt: skip
     return report
+
+
+def secure_round_problems(body: dict) -> list[str]:
+    """What is wrong with a secure round's DP statement (``aggregation``, server/secure_aggregation.py), from the
+    manifest alone: fewer contributing partners than the noise divisor (then the sum carried less than the total
+    noise its ε assumes), a partner reporting another noise multiplier, shares that do not add up to the total."""
+    agg = body.get("aggregation")
+    if not agg:
+        return []
+    where = f"round {body.get('round')} of job {body.get('job_id')}"
+    problems = []
+    parts = body.get("partners", [])
+    sigma, share, m = float(agg["noise_multiplier"]), float(agg["partner_noise_multiplier"]), int(agg["noise_partners"])
+    if len(parts) < m:
+        problems.append(f"{where}: secure sum of {len(parts)} partner(s), but each added the noise share of {m}")
+    if abs(share * math.sqrt(m) - sigma) > 1e-6 * max(1.0, sigma):
+        problems.append(f"{where}: {m} shares of noise multiplier {share:g} do not make the total {sigma:g}")
+    for part in parts:
+        if abs(float(part.get("noise_multiplier", sigma)) - sigma) > 1e-9 * max(1.0, sigma):
+            problems.append(f"{where}: {part['partner_id']} reports noise multiplier {part['noise_multiplier']}, the "
+                            f"secure sum {sigma:g}")  # fmt: skip
+    return problems
 
 
 def _spent_before(spent: float, in_job: bool, job_charge: float) -> float:

@@ -12,6 +12,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from client.app import make_client_app
+from client.data import SyntheticPlatforms
 from client.masking import mask_update, masking_public_key, reveal
 from client.protocol import ARRAYS, RoundConfig, arrays_to_record
 from client.secure_sum import (
@@ -26,13 +27,13 @@ from client.secure_sum import (
     round_key,
     sum_words,
 )
+from consent.audit import secure_round_problems
 from consent.entries import EntryError, check_body
 from models.nets import ChurnLTVNet, get_weights, weight_names
 from server.job import Job, JobError
 from server.runner import initial_model, run_job
 from server.secure_aggregation import SecureSum, SecureSumFailed
 from test_federated_support import CATEGORIES, PURPOSE, InProcessGrid, as_server_app, fake_ledger_for
-from client.data import SyntheticPlatforms
 
 PARTNERS = ("a", "b", "c")
 N_FEATURES = 6
@@ -175,6 +176,8 @@ def test_a_partner_reveals_only_the_last_rounds_keys_with_its_own_peers():
         reveal(states["a"], "a", job.job_id, 2, ["z"])
     with pytest.raises(SecureSumError, match="not in this round's roster"):
         mask_update(_gradients(0), "a", _round(server, job, 3, roster=("b", "c")), states["a"])
+    with pytest.raises(SecureSumError, match="cannot carry the noise of 2 shares"):  # each adds 1/sqrt(2) of it
+        mask_update(_gradients(0), "a", _round(server, job, 3, roster=("a",)), states["a"])
     with pytest.raises(SecureSumError, match="no masking key"):
         mask_update(_gradients(0), "a", _round(server, job, 3), RecordDict())
 
@@ -234,5 +237,11 @@ def test_a_secure_job_trains_within_budget_and_the_server_sees_only_masked_sums(
     assert result.model_hash != result.manifests[0].model_in_hash
     body = result.manifests[-1].to_dict()
     check_body("round.manifest", body)  # the ledger accepts the secure manifest as it is
+    assert secure_round_problems(body) == []
+    short = body | {"partners": body["partners"][:1]}  # a sum of one partner's share: under-noised
+    assert secure_round_problems(short) == [f"round 8 of job {job.job_id}: secure sum of 1 partner(s), but each added "
+                                            "the noise share of 2"]  # fmt: skip
+    inflated = body | {"aggregation": trust | {"partner_noise_multiplier": trust["noise_multiplier"]}}
+    assert "do not make the total" in secure_round_problems(inflated)[0]
     with pytest.raises(EntryError, match="mode must be 'secure'"):
         check_body("round.manifest", body | {"aggregation": trust | {"mode": "plain"}})
