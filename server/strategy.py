@@ -12,7 +12,10 @@
 * reports epsilon as the MAX over partners (a weighted mean would understate the worst case);
 * keeps each partner's own train and evaluate metrics per round (``partner_train_metrics``,
   ``partner_evaluate_metrics``): Flower's result holds only the weighted means, the same for every partner;
-* builds the round manifest and hands it to ``on_round``.
+* builds the round manifest and hands it to ``on_round``;
+* in a secure job (``secure``, ``server.secure_aggregation``): sends each round's roster and masking keys, adds up the
+  masked sums instead of averaging weights, asks the survivors for their mask keys with partners whose vector is
+  missing (``query.reveal``), and puts the secure sum's trust statement in the manifest.
 
 ``Strategy.start(..., timeout=job.round_timeout_s)`` is what bounds each round in time: Flower's
 ``grid.send_and_receive`` returns at the timeout with whatever replies arrived.
@@ -231,7 +234,11 @@ class GuardedStrategy(Strategy):
                                 msg.error.reason if msg.has_error() else "not a survivor")  # fmt: skip
                     continue
                 record = msg.content.config_records.get(REVEAL, ConfigRecord())
-                keys.update({(partner, d): bytes.fromhex(str(record[d])) for d in dropped if d in record})
+                for d in dropped:
+                    try:
+                        keys[(partner, d)] = bytes.fromhex(str(record[d]))
+                    except (KeyError, ValueError):  # left out: aggregate() then names the key as missing
+                        log.warning("round %d: %s gave no usable mask key with %s", server_round, partner, d)
             return keys
 
         return self.secure.aggregate(server_round, masked, self._rosters.pop(server_round), reveal)
