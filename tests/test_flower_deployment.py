@@ -378,3 +378,36 @@ def test_deployment_killed_supernode_round_closes_at_timeout_and_job_finishes(tm
     # either way, never the SuperLink's.
     dead = rounds[3]["missing_nodes"] + [f["node_id"] for f in rounds[3]["failed"]]
     assert set(dead) <= set(loyal_node)
+
+
+@pytest.mark.slow
+def test_deployment_secure_job_survives_a_killed_supernode(tmp_path):
+    """A secure job (masked sums, distributed DP) on the real SuperLink: one SuperNode is SIGKILLed after it received
+    round 2's message. The round it is missing from closes at the timeout, the survivors reveal their mask keys with
+    it over the SuperLink (``query.reveal``), the server removes those masks, and the job finishes on the others."""
+    out = tmp_path / "out"
+    federation = Federation(tmp_path)
+    try:
+        run = federation.submit(
+            f"{RUN_CONFIG} num-rounds=3 expected-partners=3 min-partners=2 round-timeout={ROUND_TIMEOUT_S} "
+            f"evaluate-every=0 aggregation='secure' lr=0.01 output-dir='{out}'"
+        )
+        wait_for_log(tmp_path / "supernode-loyal.log", "Receiving: train message", 2, watched=run)
+        os.killpg(federation.nodes["loyal"].pid, signal.SIGKILL)
+        run.wait(timeout=300)
+        assert (out / "result.json").exists(), federation.logs()
+    finally:
+        federation.procs.stop_all()
+    result = read_result(out)
+    rounds = {m["round"]: m for m in result["manifests"]}
+    assert sorted(rounds) == [1, 2, 3]
+    assert rounds[1]["aggregation"]["recovered"] == [] and len(rounds[1]["partners"]) == 3
+    # The kill lands while loyal computes its round-2 share or just after it answered (one step takes
+    # milliseconds): either round 2 or round 3 (still sent to the dead node until its heartbeats expire) misses it.
+    recovered = {r: m["aggregation"]["recovered"] for r, m in rounds.items() if r > 1}
+    assert ["loyal"] in recovered.values(), recovered
+    for r, m in rounds.items():
+        partners = sorted(p["partner_id"] for p in m["partners"])
+        assert partners == sorted(set(DATA.partners) - set(m["aggregation"]["recovered"]))
+        assert m["aggregation"]["mode"] == "secure" and m["aggregation"]["noise_partners"] == 2
+    assert all(0 < eps <= 3.0 for eps in result["epsilon_by_partner"].values())
