@@ -321,13 +321,14 @@ def report(res: dict) -> str:
 
 def _secure_job(job, a: dict, res: dict) -> str:
     t = res["trust"]
-    return (f"secure aggregation (distributed DP, `aggregation = \"secure\"`): {job.rounds} rounds of one DP-SGD step "
-            f"over the union's {t['union_rows']:,} rows (each partner Poisson-samples its rows at q={t['sample_rate']:.3f}, "
-            f"expected batch {job.batch_size}), pairwise-masked secure sum, server Adam lr {job.lr:g} "
-            f"({'cosine over the job' if job.lr_schedule == 'cosine' else 'constant'}), clip C={job.max_grad_norm:g}, "
-            f"ε={a['epsilon']:g} per partner's users (δ=1e-5, {a['accountant'].upper()}), σ {t['noise_multiplier']:.2f} "
-            f"in total, {t['partner_noise_multiplier']:.2f} from each partner (ε {t['epsilon_if_colluding']:.1f} if the "
-            "server saw one partner's vector alone)")
+    schedule = "cosine over the job" if job.lr_schedule == "cosine" else "constant"
+    return (f"secure aggregation (distributed DP, `aggregation = \"secure\"`): {job.rounds} rounds of one DP-SGD "
+            f"step over the union's {t['union_rows']:,} rows (each partner Poisson-samples its rows at "
+            f"q={t['sample_rate']:.3f}, expected batch {job.batch_size}), pairwise-masked secure sum, server Adam lr "
+            f"{job.lr:g} ({schedule}), clip C={job.max_grad_norm:g}, ε={a['epsilon']:g} per partner's users (δ=1e-5, "
+            f"{a['accountant'].upper()}), σ {t['noise_multiplier']:.2f} in total, "
+            f"{t['partner_noise_multiplier']:.2f} from each partner (ε {t['epsilon_if_colluding']:.1f} if the server "
+            "saw one partner's vector alone)")
 
 
 def partner_gains(per_partner: dict) -> tuple[dict, dict]:

@@ -82,8 +82,8 @@ def report(args, rows: list[dict]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['size']:,} | {r['partner_ms']:.2f} ms | {r['server_ms']:.2f} ms | {r['dropout_ms']:.2f} ms | "
-                     f"{r['bytes'] / 1e3:,.1f} kB | {r['error']:.1e} |")
+        lines.append(f"| {r['size']:,} | {r['partner_ms']:.2f} ms | {r['server_ms']:.2f} ms | "
+                     f"{r['dropout_ms']:.2f} ms | {r['bytes'] / 1e3:,.1f} kB | {r['error']:.1e} |")
     return "\n".join(lines)
 
 

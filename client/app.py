@@ -87,7 +87,8 @@ def make_client_app(
         job = RoundConfig.from_record(msg.content[CONFIG])
         partner = resolve_partner(context, ledger, data, job, state_root)
         dropped = [str(p) for p in msg.content[REVEAL]["dropped"]]
-        return reply(msg, {REVEAL: reveal(context.state, partner.partner_id, job.job_id, job.server_round, dropped)})
+        keys = reveal(context.state, partner.partner_id, job.job_id, job.server_round, dropped, partner.state_dir)
+        return reply(msg, {REVEAL: keys})
 
     return client_app
 
@@ -97,7 +98,7 @@ def secure_round(msg: Message, context: Context, partner: Partner, rows: Eligibl
     """A secure job's round: the clipped, noised gradient sum at the global model, masked for the secure sum. The
     metrics carry no training loss: computed on the sample without noise, it would leak what DP protects."""
     grads, spent = secure_gradient(model, rows.train, job, context.state, partner.state_dir)
-    words = mask_update(grads, partner.partner_id, job, context.state)
+    words = mask_update(grads, partner.partner_id, job, context.state, partner.state_dir)
     part = manifest_part(partner.partner_id, job, rows, spent)
     metrics = MetricRecord({NUM_EXAMPLES: int(spent.report.n_rows), EPSILON: spent.epsilon,
                             "epsilon-round": spent.epsilon_round, "steps": 1})  # fmt: skip
@@ -176,7 +177,7 @@ def readiness(partner: Partner, rows: EligibleRows, job: RoundConfig, context: C
     train_rows = int(np.asarray(rows.train.X).shape[0])
     # A secure job's noise depends on the union's rows, known only after preflight: planned in round 1.
     plan = noise_plan(context.state, train_rows, job) if train_rows and not job.secure else None
-    secure = {"masking-key": masking_public_key(context.state, job.job_id)} if job.secure else {}
+    secure = {"masking-key": masking_public_key(context.state, job.job_id, partner.state_dir)} if job.secure else {}
     # Only a zero needs explaining (nobody consents, or all are over budget): a second fold of the log otherwise.
     explain = {} if rows.eligible.count else {
         "consenting-count": consenting_count(partner.ledger, partner.partner_id, job, rows.eligible)}  # fmt: skip

@@ -1,8 +1,11 @@
 """A partner's side of the secure sum (``client.secure_sum``): its masking key, its masked update, its reveals.
 
 The X25519 key pair is made at preflight (the public half goes to the server in the readiness reply) and kept in
-the node's ``Context.state`` for the job; it never leaves the node. A SuperNode that restarts mid-job loses it and
-can no longer take part in that job's rounds (its replies fail, the survivors' masks with it are removed).
+the node's ``Context.state`` for the job; it never leaves the node. With a state dir (the partner's ``state-dir``)
+it is also written to ``<state_dir>/<job_id>.secure-sum.json`` (mode 0600, with the last round masked and its
+roster), so a SuperNode that restarts mid-job rejoins the job's rounds with the key its peers know. Without one, a
+restarted node can no longer take part in that job (its replies fail, and the survivors' masks with it are
+removed).
 
 A reveal (``query.reveal``) hands the server this round's key with partners the server says dropped. It is given
 only for the last round this partner masked, only for peers of that round's roster, never for itself: the server
@@ -11,6 +14,7 @@ cannot collect round keys of other rounds to unmask anything else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,24 +33,28 @@ from client.secure_sum import (
     public_hex,
     round_key,
 )
+from client.state_files import job_file, write_json
 
 STATE_KEY = "secure-sum"
+KIND = "secure-sum"  # <state_dir>/<job_id>.secure-sum.json
 
 
-def masking_public_key(state: RecordDict, job_id: str) -> str:
-    """This partner's public masking key for ``job_id`` (made on first use and kept in the node state)."""
-    record = state.config_records.get(STATE_KEY)
-    if record is None or record.get("job-id") != job_id:
+def masking_public_key(state: RecordDict, job_id: str, state_dir: str | None = None) -> str:
+    """This partner's public masking key for ``job_id`` (made on first use, kept in the node state and state dir)."""
+    record = _load(state, job_id, state_dir)
+    if record is None:
         key = new_private_key()
         record = ConfigRecord({"job-id": job_id, "private-key": private_bytes(key), "round": 0, "peer-ids": [],
                                "peer-keys": []})  # fmt: skip
         state[STATE_KEY] = record
+        _persist(record, state_dir)
     return public_hex(private_key_from(record["private-key"]))
 
 
-def mask_update(arrays: Sequence[np.ndarray], partner_id: str, job: RoundConfig, state: RecordDict) -> list[np.ndarray]:
+def mask_update(arrays: Sequence[np.ndarray], partner_id: str, job: RoundConfig, state: RecordDict,
+                state_dir: str | None = None) -> list[np.ndarray]:  # fmt: skip
     """``arrays`` encoded and masked with every peer of the round's roster: uint64 arrays of the same shapes."""
-    record = _record(state, job.job_id)
+    record = _record(state, job.job_id, state_dir)
     peers = check_roster(job.peer_ids, job.peer_keys, partner_id, at_least=job.noise_partners)
     private = private_key_from(record["private-key"])
     keys = {peer: round_key(pair_key(private, public, job.job_id, partner_id, peer), job.server_round)
@@ -54,6 +62,7 @@ def mask_update(arrays: Sequence[np.ndarray], partner_id: str, job: RoundConfig,
     flat = encode(np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]))
     words = masked(flat, partner_id, keys)
     record.update({"round": int(job.server_round), "peer-ids": list(job.peer_ids), "peer-keys": list(job.peer_keys)})
+    _persist(record, state_dir)
     out, start = [], 0
     for a in arrays:
         size = int(np.asarray(a).size)
@@ -62,9 +71,10 @@ def mask_update(arrays: Sequence[np.ndarray], partner_id: str, job: RoundConfig,
     return out
 
 
-def reveal(state: RecordDict, partner_id: str, job_id: str, server_round: int, dropped: Sequence[str]) -> ConfigRecord:
+def reveal(state: RecordDict, partner_id: str, job_id: str, server_round: int, dropped: Sequence[str],
+           state_dir: str | None = None) -> ConfigRecord:  # fmt: skip
     """This round's keys with the ``dropped`` peers (peer -> hex round key), under the rules of the module doc."""
-    record = _record(state, job_id)
+    record = _record(state, job_id, state_dir)
     if int(record.get("round", 0)) != int(server_round):
         raise SecureSumError(f"reveal refused: round {server_round} is not the last round {partner_id} masked "
                              f"({record.get('round', 0)})")  # fmt: skip
@@ -78,8 +88,28 @@ def reveal(state: RecordDict, partner_id: str, job_id: str, server_round: int, d
     return out
 
 
-def _record(state: RecordDict, job_id: str) -> ConfigRecord:
-    record = state.config_records.get(STATE_KEY)
-    if record is None or record.get("job-id") != job_id:
-        raise SecureSumError(f"no masking key for job {job_id!r} on this node (it was not at preflight, or restarted)")
+def _record(state: RecordDict, job_id: str, state_dir: str | None) -> ConfigRecord:
+    record = _load(state, job_id, state_dir)
+    if record is None:
+        raise SecureSumError(f"no masking key for job {job_id!r} on this node (it was not at preflight, or restarted "
+                             "without a state dir)")  # fmt: skip
     return record
+
+
+def _load(state: RecordDict, job_id: str, state_dir: str | None) -> ConfigRecord | None:
+    record = state.config_records.get(STATE_KEY)
+    if record is not None and record.get("job-id") == job_id:
+        return record
+    path = job_file(state_dir, job_id, KIND) if state_dir else None
+    if path is None or not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    record = ConfigRecord({**saved, "private-key": bytes.fromhex(saved["private-key"])})
+    state[STATE_KEY] = record
+    return record
+
+
+def _persist(record: ConfigRecord, state_dir: str | None) -> None:
+    if state_dir:  # write_json's temp file is created 0600, and renamed over the old one
+        saved = {**dict(record), "private-key": bytes(record["private-key"]).hex()}
+        write_json(job_file(state_dir, str(record["job-id"]), KIND), saved)

@@ -197,7 +197,8 @@ def secure_gradient(
         history = [tuple(h) for h in accountant.history]
         report = TrainReport(
             n_rows=int(rows.X.shape[0]), epochs=0, steps=1, seconds=time.perf_counter() - started,
-            epsilon=epsilon_of(history, job), epsilon_round=epsilon_of([(plan.noise_multiplier, plan.sample_rate, 1)], job),
+            epsilon=epsilon_of(history, job),
+            epsilon_round=epsilon_of([(plan.noise_multiplier, plan.sample_rate, 1)], job),
             delta=job.delta, noise_multiplier=plan.noise_multiplier, max_grad_norm=job.max_grad_norm,
             sample_rate=plan.sample_rate, accountant=job.accountant,
         )  # fmt: skip

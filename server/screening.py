@@ -1,11 +1,11 @@
 """Screening of train replies before aggregation: a malformed or unsafe update is refused and logged, never averaged.
 
 A reply is refused when its arrays do not match the global model (names, shapes, a floating dtype; in a secure job
-uint64 words of a masked update), contain NaN or Inf, when ``num-examples`` is not a positive finite number, when the reported epsilon is above the job's target,
-or when its manifest part is missing or does not describe this job, this round and this checkpoint. With the
-preflight's ``partner_of_node``, a reply from a node preflight did not find ready is refused too: that node's
-partner was never checked against the ledger. Replies that carry a Flower error (the ClientApp raised, or the node
-was lost) are counted as failed, not refused.
+uint64 words of a masked update), contain NaN or Inf, when ``num-examples`` is not a positive finite number, when
+the reported epsilon is above the job's target, or when its manifest part is missing or does not describe this job,
+this round and this checkpoint. With the preflight's ``partner_of_node``, a reply from a node preflight did not find
+ready is refused too: that node's partner was never checked against the ledger. Replies that carry a Flower error
+(the ClientApp raised, or the node was lost) are counted as failed, not refused.
 """
 
 from __future__ import annotations

@@ -182,6 +182,20 @@ def test_a_partner_reveals_only_the_last_rounds_keys_with_its_own_peers():
         mask_update(_gradients(0), "a", _round(server, job, 3), RecordDict())
 
 
+def test_a_restarted_partner_keeps_its_masking_key_from_its_state_dir(tmp_path):
+    job = secure_job()
+    states, server, _ = _partners_and_server(job)
+    state_dir = str(tmp_path / "a")
+    before = masking_public_key(states["a"], job.job_id, state_dir)  # the key "a" gave at preflight
+    assert masking_public_key(RecordDict(), job.job_id) != before  # without a state dir a restart makes a new one
+    mask_update(_gradients(0), "a", _round(server, job, 1), states["a"], state_dir)
+    restarted = RecordDict()  # the SuperNode came back with an empty Context.state
+    assert masking_public_key(restarted, job.job_id, state_dir) == before
+    assert set(reveal(restarted, "a", job.job_id, 1, ["b"], state_dir)) == {"b"}
+    key_file = tmp_path / "a" / f"{job.job_id}.secure-sum.json"
+    assert key_file.stat().st_mode & 0o077 == 0  # the private key is readable by the partner's user only
+
+
 def test_secure_jobs_refuse_robust_strategies_and_a_single_partner():
     with pytest.raises(JobError, match="needs strategy fedavg"):
         secure_job(strategy="krum")
