@@ -343,16 +343,15 @@ def test_deployment_with_tls_and_supernode_auth_runs_two_rounds(tmp_path):
 ROUND_TIMEOUT_S = 40.0
 
 
-@pytest.mark.slow
-def test_deployment_killed_supernode_round_closes_at_timeout_and_job_finishes(tmp_path):
-    """Kill one SuperNode (SIGKILL) while it trains in round 2: the round closes at the application's timeout with the
-    other two instead of waiting for Flower's heartbeat expiry, and the job finishes on them."""
+def run_killing_loyal_in_round_two(tmp_path: Path, extra_config: str = "") -> tuple[dict, dt.datetime]:
+    """A 3-round job (min 2 partners) on a fresh deployment; SuperNode ``loyal`` is SIGKILLed once it has received
+    round 2's train message. Returns the job's result and when the kill happened."""
     out = tmp_path / "out"
     federation = Federation(tmp_path)
     try:
         run = federation.submit(
             f"{RUN_CONFIG} num-rounds=3 expected-partners=3 min-partners=2 round-timeout={ROUND_TIMEOUT_S} "
-            f"evaluate-every=0 output-dir='{out}'"
+            f"evaluate-every=0 {extra_config} output-dir='{out}'"
         )
         wait_for_log(tmp_path / "supernode-loyal.log", "Receiving: train message", 2, watched=run)
         os.killpg(federation.nodes["loyal"].pid, signal.SIGKILL)
@@ -361,7 +360,14 @@ def test_deployment_killed_supernode_round_closes_at_timeout_and_job_finishes(tm
         assert (out / "result.json").exists(), federation.logs()
     finally:
         federation.procs.stop_all()
-    result = read_result(out)
+    return read_result(out), killed_at
+
+
+@pytest.mark.slow
+def test_deployment_killed_supernode_round_closes_at_timeout_and_job_finishes(tmp_path):
+    """Kill one SuperNode (SIGKILL) while it trains in round 2: the round closes at the application's timeout with the
+    other two instead of waiting for Flower's heartbeat expiry, and the job finishes on them."""
+    result, killed_at = run_killing_loyal_in_round_two(tmp_path)
     rounds = {m["round"]: m for m in result["manifests"]}
     partners = {r: sorted(p["partner_id"] for p in m["partners"]) for r, m in rounds.items()}
     assert partners == {1: ["content", "group_buy", "loyal"], 2: ["content", "group_buy"], 3: ["content", "group_buy"]}
@@ -385,20 +391,7 @@ def test_deployment_secure_job_survives_a_killed_supernode(tmp_path):
     """A secure job (masked sums, distributed DP) on the real SuperLink: one SuperNode is SIGKILLed after it received
     round 2's message. The round it is missing from closes at the timeout, the survivors reveal their mask keys with
     it over the SuperLink (``query.reveal``), the server removes those masks, and the job finishes on the others."""
-    out = tmp_path / "out"
-    federation = Federation(tmp_path)
-    try:
-        run = federation.submit(
-            f"{RUN_CONFIG} num-rounds=3 expected-partners=3 min-partners=2 round-timeout={ROUND_TIMEOUT_S} "
-            f"evaluate-every=0 aggregation='secure' lr=0.01 output-dir='{out}'"
-        )
-        wait_for_log(tmp_path / "supernode-loyal.log", "Receiving: train message", 2, watched=run)
-        os.killpg(federation.nodes["loyal"].pid, signal.SIGKILL)
-        run.wait(timeout=300)
-        assert (out / "result.json").exists(), federation.logs()
-    finally:
-        federation.procs.stop_all()
-    result = read_result(out)
+    result, _ = run_killing_loyal_in_round_two(tmp_path, "aggregation='secure' lr=0.01")
     rounds = {m["round"]: m for m in result["manifests"]}
     assert sorted(rounds) == [1, 2, 3]
     assert rounds[1]["aggregation"]["recovered"] == [] and len(rounds[1]["partners"]) == 3
