@@ -500,13 +500,15 @@ def _checkpoint_ref(body: dict) -> None:
 
 def _job_started(t: str, body: dict) -> None:
     required = ("job_id", "purpose", "data_categories", "checkpoint", "rounds", "target_epsilon", "delta")
-    _fields(t, body, required, ("strategy", "partners", "as_of", "lifetime_epsilon", "vocabulary"))
+    _fields(t, body, required, ("strategy", "aggregation", "partners", "as_of", "lifetime_epsilon", "vocabulary"))
     _job_id(body)
     _vocab(body, "purpose", "data_categories", single=True)
     _checkpoint_ref(body)
     _int(body, "rounds", minimum=1)
     _dp_target(body)
     _str(body, "strategy", _NAME, "a strategy name", optional=True)
+    if body.get("aggregation", "plain") not in ("plain", "secure"):
+        raise EntryError(f"aggregation must be 'plain' or 'secure', got {_short(body['aggregation'])}")
     _names(body, "partners", optional=True)
     _day(body, "as_of", optional=True)
     _number(body, "lifetime_epsilon", strict_minimum=True, optional=True)

@@ -2,7 +2,8 @@
 
 * checkpoint: a signed checkpoint is published and the job is fixed to its tree size (never a moving ledger);
 * preflight: Flower's readiness round, then the ledger's own view: every partner must have eligible subjects with
-  budget left, and `job.started` records the checkpoint, purpose, categories, DP target and partners;
+  budget left, and `job.started` records the checkpoint, purpose, categories, DP target, strategy, aggregation
+  (plain or secure) and partners;
 * on_round: every eligible subject of each partner in the round is charged that round's ε increment (the
   partner's cumulative ε after this round minus what this job already charged it), then the round manifest
   (commitments, DP parameters, ε, model hashes) is appended as `round.manifest`, signed by the coordinator, with
@@ -82,6 +83,7 @@ class LedgerBinding:
             "job_id": job.job_id, "purpose": job.purpose, "data_categories": sorted(job.categories),
             "checkpoint": {"tree_size": job.tree_size, "root": self.checkpoint_root}, "rounds": job.rounds,
             "target_epsilon": job.target_epsilon, "delta": job.delta, "strategy": job.strategy,
+            "aggregation": job.aggregation,
             "partners": sorted(p.partner_id for p in report.ready), "as_of": self.day,
             "lifetime_epsilon": self.lifetime_epsilon,
         })  # fmt: skip

@@ -563,6 +563,13 @@ def test_an_entry_without_a_vocabulary_field_is_judged_under_version_1(monkeypat
         check_body("job.started", dict(job, purpose="fraud_detection"))
 
 
+def test_job_started_says_whether_the_job_sums_securely():
+    job = _coordinator_bodies()["job.started"]
+    check_body("job.started", dict(job, aggregation="secure"))
+    with pytest.raises(EntryError, match="aggregation must be 'plain' or 'secure'"):
+        check_body("job.started", dict(job, aggregation="homomorphic"))
+
+
 # ---- notices ---------------------------------------------------------------------------------------------
 
 
