@@ -60,11 +60,16 @@ def make_client_app(
         partner = resolve_partner(context, ledger, data, job, state_root)
         rows = job_rows(partner, job, context)
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
-        if job.secure:
-            return secure_round(msg, context, partner, rows, model, job)
-        spent = train_privately(model, rows.train, job, context.state, partner.state_dir)
+        if job.secure:  # the clipped, noised gradient sum at the global model, masked for the secure sum
+            grads, spent = secure_gradient(model, rows.train, job, context.state, partner.state_dir)
+            words = mask_update(grads, partner.partner_id, job, context.state, partner.state_dir)
+            arrays = arrays_to_record(weight_names(model), words)
+        else:
+            spent = train_privately(model, rows.train, job, context.state, partner.state_dir)
+            arrays = model_arrays(model)
         part = manifest_part(partner.partner_id, job, rows, spent)
-        return reply(msg, {ARRAYS: model_arrays(model), METRICS: train_metrics(spent), MANIFEST: part.to_record()})
+        metrics = train_metrics(spent, with_loss=not job.secure)
+        return reply(msg, {ARRAYS: arrays, METRICS: metrics, MANIFEST: part.to_record()})
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -93,19 +98,6 @@ def make_client_app(
     return client_app
 
 
-def secure_round(msg: Message, context: Context, partner: Partner, rows: EligibleRows, model: ChurnLTVNet,
-                 job: RoundConfig) -> Message:  # fmt: skip
-    """A secure job's round: the clipped, noised gradient sum at the global model, masked for the secure sum. The
-    metrics carry no training loss: computed on the sample without noise, it would leak what DP protects."""
-    grads, spent = secure_gradient(model, rows.train, job, context.state, partner.state_dir)
-    words = mask_update(grads, partner.partner_id, job, context.state, partner.state_dir)
-    part = manifest_part(partner.partner_id, job, rows, spent)
-    metrics = MetricRecord({NUM_EXAMPLES: int(spent.report.n_rows), EPSILON: spent.epsilon,
-                            "epsilon-round": spent.epsilon_round, "steps": 1})  # fmt: skip
-    return reply(msg, {ARRAYS: arrays_to_record(weight_names(model), words), METRICS: metrics,
-                       MANIFEST: part.to_record()})  # fmt: skip
-
-
 def job_rows(partner: Partner, job: RoundConfig, context: Context) -> EligibleRows:
     eligible = job_eligible_set(partner.ledger, partner.partner_id, job, context.state, partner.state_dir)
     return load_eligible_rows(partner.ledger, partner.data, partner.partner_id, job, eligible)
@@ -123,16 +115,18 @@ def model_arrays(model: ChurnLTVNet) -> ArrayRecord:
     return arrays_to_record(weight_names(model), get_weights(model))
 
 
-def train_metrics(spent: PrivateRound) -> MetricRecord:
-    return MetricRecord(
-        {
-            NUM_EXAMPLES: int(spent.report.n_rows),
-            EPSILON: spent.epsilon,
-            "epsilon-round": spent.epsilon_round,
-            "train-loss": float(spent.report.final_loss),
-            "steps": int(spent.report.steps),
-        }
-    )
+def train_metrics(spent: PrivateRound, with_loss: bool = True) -> MetricRecord:
+    """What a train reply reports. A secure round leaves the loss out: computed on the partner's sample without
+    noise, it would leak what DP protects (and its share of a step has no loss of its own)."""
+    metrics = {
+        NUM_EXAMPLES: int(spent.report.n_rows),
+        EPSILON: spent.epsilon,
+        "epsilon-round": spent.epsilon_round,
+        "steps": int(spent.report.steps),
+    }
+    if with_loss:
+        metrics["train-loss"] = float(spent.report.final_loss)
+    return MetricRecord(metrics)
 
 
 def evaluation_metrics(model: ChurnLTVNet, rows: EligibleRows) -> MetricRecord:

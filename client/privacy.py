@@ -111,13 +111,9 @@ def plan_noise(n_rows: int, job: RoundConfig) -> NoisePlan:
     every partner computes the same plan, and the noise multiplier is that of the secure sum's total noise."""
     if n_rows <= 0:
         raise ValueError("no eligible rows to train on")
-    if job.secure:
-        q = 1.0 / math.ceil(n_rows / max(1, job.batch_size))
-        sigma = noise_for_budget(job.target_epsilon, job.delta, q, job.num_rounds, job.accountant, **_orders(job))
-        return NoisePlan(float(sigma), q, 1, max(1, min(job.batch_size, n_rows)))
     batch_size = max(1, min(job.batch_size, n_rows))
     steps_per_epoch = math.ceil(n_rows / batch_size)
-    steps_per_round = job.local_epochs * steps_per_epoch
+    steps_per_round = 1 if job.secure else job.local_epochs * steps_per_epoch
     sample_rate = 1.0 / steps_per_epoch
     sigma = noise_for_budget(
         job.target_epsilon, job.delta, sample_rate, job.num_rounds * steps_per_round, job.accountant, **_orders(job)
@@ -190,7 +186,7 @@ def secure_gradient(
         plan, accountant = _admit(state, int(rows.X.shape[0]), job, state_dir)
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(secrets.randbits(63))  # sample and noise: never known to the server
-        grads, _ = noisy_gradient_sum(model, rows.X, rows.churn, rows.ltv, sample_rate=plan.sample_rate,
+        grads = noisy_gradient_sum(model, rows.X, rows.churn, rows.ltv, sample_rate=plan.sample_rate,
                                       max_grad_norm=job.max_grad_norm, generator=generator,
                                       noise_share=plan.noise_multiplier / math.sqrt(max(1, job.noise_partners)))
         accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)

@@ -107,12 +107,17 @@ def mask_sign(me: str, peer: str) -> int:
     return 1 if me < peer else -1
 
 
+def _add_mask(words: np.ndarray, key: bytes, sign: int) -> np.ndarray:
+    """``words`` plus (``sign`` > 0) or minus the mask of ``key``; uint64 arithmetic wraps: mod 2^64."""
+    mask = mask_words(key, words.size)
+    return words + mask if sign > 0 else words - mask
+
+
 def masked(encoded: np.ndarray, me: str, round_keys: Mapping[str, bytes]) -> np.ndarray:
     """``encoded`` plus ``me``'s signed mask with every peer (``round_keys``: peer -> this round's key), mod 2^64."""
     out = np.array(encoded, dtype=np.uint64, copy=True)
     for peer in sorted(round_keys):
-        words = mask_words(round_keys[peer], out.size)
-        out = out + words if mask_sign(me, peer) > 0 else out - words  # uint64 arithmetic wraps: mod 2^64
+        out = _add_mask(out, round_keys[peer], mask_sign(me, peer))
     return out
 
 
@@ -144,6 +149,5 @@ def remove_masks(total: np.ndarray, revealed: Mapping[tuple[str, str], bytes]) -
     in the total carries ``mask_sign(survivor, dropped) * mask``; that is taken off again."""
     out = np.array(total, dtype=np.uint64, copy=True)
     for (survivor, dropped), key in sorted(revealed.items()):
-        words = mask_words(key, out.size)
-        out = out - words if mask_sign(survivor, dropped) > 0 else out + words
+        out = _add_mask(out, key, -mask_sign(survivor, dropped))
     return out

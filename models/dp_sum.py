@@ -30,10 +30,10 @@ def noisy_gradient_sum(
     noise_share: float,
     generator: torch.Generator,
     ltv_weight: float = 1.0,
-) -> tuple[list[np.ndarray], int]:
+) -> list[np.ndarray]:
     """Per parameter (``named_parameters`` order) the clipped gradient sum over a Poisson sample of the rows at
-    ``sample_rate``, plus Gaussian noise of std ``noise_share * max_grad_norm``; and the sample's size (which the
-    caller keeps to itself: under Poisson sampling the batch size is not private)."""
+    ``sample_rate``, plus Gaussian noise of std ``noise_share * max_grad_norm``. The sample's size is not returned:
+    under Poisson sampling it is not private."""
     if not 0 < sample_rate <= 1:
         raise ValueError(f"sample rate must be in (0, 1], got {sample_rate}")
     if max_grad_norm <= 0 or noise_share < 0:
@@ -42,7 +42,7 @@ def noisy_gradient_sum(
     params = [p for p in model.parameters() if p.requires_grad]
     if not bool(take.any()):  # an empty sample contributes noise only (Opacus has no per-example grads to clip)
         std = noise_share * max_grad_norm
-        return [torch.normal(0.0, std, size=p.shape, generator=generator).numpy() for p in params], 0
+        return [torch.normal(0.0, std, size=p.shape, generator=generator).numpy() for p in params]
     idx = take.nonzero().squeeze(1).numpy()
     x = torch.as_tensor(np.asarray(X)[idx], dtype=torch.float32)
     c = torch.as_tensor(np.asarray(churn)[idx], dtype=torch.float32)
@@ -63,4 +63,4 @@ def noisy_gradient_sum(
         grads = [p.grad.detach().numpy().copy() for p in params]
     finally:
         module._close()  # removes Opacus' hooks: the model goes back to the caller unwrapped
-    return grads, int(idx.size)
+    return grads

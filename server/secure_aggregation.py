@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
 from client.privacy import epsilon_of, plan_noise
-from client.protocol import RoundConfig, arrays_to_record, record_to_arrays
+from client.protocol import arrays_to_record, record_to_arrays
 from client.secure_sum import decode, remove_masks, sum_words
 from models.nets import ChurnLTVNet, get_weights, set_weights, weight_names
 from server.job import Job, JobStopped
@@ -60,18 +60,16 @@ class SecureSum:
         self.job = job
         self.keys = dict(masking_keys)
         self.union_rows = int(sum(train_rows.values()))
-        config = self._config(job.round_config())
+        config = replace(job.round_config(), union_rows=self.union_rows)  # what every partner plans its noise from
+        self.noise_partners = config.noise_partners
         self.plan = plan_noise(self.union_rows, config)
-        self.share = self.plan.noise_multiplier / math.sqrt(config.noise_partners)
+        self.share = self.plan.noise_multiplier / math.sqrt(self.noise_partners)
         self.epsilon_if_colluding = epsilon_of([(self.share, self.plan.sample_rate, job.rounds)], config)
         self.net = ChurnLTVNet(n_features, hidden=job.hidden)
         set_weights(self.net, record_to_arrays(initial))
         self.names = weight_names(self.net)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=job.lr)
         self.recovered: dict[int, list[str]] = {}  # round -> partners whose masks were removed
-
-    def _config(self, config: RoundConfig) -> RoundConfig:
-        return replace(config, union_rows=self.union_rows)
 
     def round_config(self, config: ConfigRecord, roster: Sequence[str]) -> ConfigRecord:
         """The round's config with the union size and the roster (partner ids and masking keys, in one order)."""
@@ -85,7 +83,7 @@ class SecureSum:
             "mode": "secure",
             "noise_multiplier": self.plan.noise_multiplier,
             "partner_noise_multiplier": self.share,
-            "noise_partners": self.job.min_partners,
+            "noise_partners": self.noise_partners,
             "sample_rate": self.plan.sample_rate,
             "union_rows": self.union_rows,
             "epsilon_if_colluding": self.epsilon_if_colluding,

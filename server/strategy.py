@@ -117,9 +117,7 @@ class GuardedStrategy(Strategy):
         self._sent: dict[int, list[Message]] = {}
         self._global: dict[int, ArrayRecord] = {}
         self._reference: ArrayShapes = {}
-        self._grid: Grid | None = None
-        self._rosters: dict[int, list[str]] = {}
-        self._configs: dict[int, ConfigRecord] = {}
+        self._grid: Grid | None = None  # secure jobs: the grid the survivors' mask keys are asked over
 
     def summary(self) -> None:
         log.info(
@@ -143,9 +141,7 @@ class GuardedStrategy(Strategy):
         self._reference = shapes_of(arrays)
         if self.secure is not None:
             self._grid = grid
-            roster = self._rosters[server_round] = [self.partner_of_node[n] for n in nodes]
-            config = self.secure.round_config(config, roster)
-            self._configs[server_round] = ConfigRecord(dict(config, **{"server-round": server_round}))
+            config = self.secure.round_config(config, [self.partner_of_node[n] for n in nodes])
         # Kept: the grid gives each message its id when it sends it, and replies refer to that id.
         self._sent[server_round] = self._messages(server_round, nodes, arrays, config, MessageType.TRAIN)
         return self._sent[server_round]
@@ -178,7 +174,7 @@ class GuardedStrategy(Strategy):
             )
         parts = [u.part for u in accepted]
         if self.secure is not None:
-            arrays = self._secure_sum(server_round, accepted)
+            arrays = self._secure_sum(server_round, accepted, sent)
             metrics = aggregate_train_metrics([u.message.content for u in accepted], NUM_EXAMPLES)
         else:
             arrays, metrics = self.inner.aggregate_train(server_round, [u.message for u in accepted])
@@ -216,10 +212,12 @@ class GuardedStrategy(Strategy):
             self.on_round(manifest)
         return arrays, metrics
 
-    def _secure_sum(self, server_round: int, accepted: list[AcceptedUpdate]) -> ArrayRecord:
+    def _secure_sum(self, server_round: int, accepted: list[AcceptedUpdate], sent: list[Message]) -> ArrayRecord:
         masked = {u.part.partner_id: u.message.content.array_records[ARRAYS] for u in accepted}
         node_of = {u.part.partner_id: u.node_id for u in accepted}
-        config = self._configs.pop(server_round)
+        # The round's config as every roster partner received it (same content in each message): the roster is its
+        # peer-ids, and a reveal names the round the survivors masked. Copied: every round is configured on one record.
+        config = ConfigRecord(dict(sent[0].content[CONFIG]))
 
         def reveal(survivors, dropped):
             """Each survivor's round keys with the dropped partners (``query.reveal``), within the round timeout."""
@@ -241,7 +239,7 @@ class GuardedStrategy(Strategy):
                         log.warning("round %d: %s gave no usable mask key with %s", server_round, partner, d)
             return keys
 
-        return self.secure.aggregate(server_round, masked, self._rosters.pop(server_round), reveal)
+        return self.secure.aggregate(server_round, masked, list(config["peer-ids"]), reveal)
 
     def _trust(self, server_round: int) -> dict | None:
         if self.secure is None:
