@@ -1,9 +1,11 @@
 """What the secure sum costs per round: a partner's encode + mask, the server's sum + unmask (with and without a
-dropout's masks to remove), and the bytes on the wire, for the Cohort model and for larger models.
+dropout's masks to remove), and the bytes on the wire, for the Cohort model and for larger models; and, once per
+job, what a partner pays to check its peers' signed masking keys against a real SQLite ledger.
 
     python benchmarks/bench_secure_sum.py [--partners 3] [--sizes 3556,100000,1000000] [--repeats 20] [--doc]
 
-Everything is the product code (``client.secure_sum``, ``client.masking``); keys are real X25519 keys. The Cohort
+Everything is the product code (``client.secure_sum``, ``client.masking``, ``client.peer_keys`` over
+``client.consent_link.ConsentLink``); keys are real X25519 and Ed25519 keys. The Cohort
 model (``ChurnLTVNet``, 64×32 trunk, CDNOW's features) has 3,556 parameters. A masked update is 8 bytes a parameter
 (uint64 words) against 4 for the float32 weights of a plain round.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,7 +72,33 @@ def measure(partners: int, size: int, repeats: int) -> dict:
             "bytes": 8 * size, "error": error}  # fmt: skip
 
 
-def report(args, rows: list[dict]) -> str:
+def measure_key_check(partners: int, repeats: int) -> dict:
+    """One partner signing its masking key, and checking its peers' keys with an empty cache (a job's first round):
+    a ledger lookup and an Ed25519 verification per peer, on a real SQLite ledger."""
+    from client.consent_link import ConsentLink
+    from client.peer_keys import sign_masking_key, verified_roster
+    from consent.keys import Identity
+    from consent.ledger import Ledger, LedgerReader
+
+    names = [f"p{i}" for i in range(partners)]
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Ledger.open(f"{tmp}/ledger.db", Identity.generate("operator", "operator"))
+        for name in names:
+            identity = Identity.generate(name, "partner")
+            identity.save(tmp)
+            ledger.register(identity)
+        reader = LedgerReader.open_readonly(f"{tmp}/ledger.db")
+        link = ConsentLink(reader, {}, keys_dir=tmp)
+        signed = {p: sign_masking_key(link, "bench", p, public_hex(new_private_key())) for p in names}
+        sign_ms = median_ms(lambda: sign_masking_key(link, "bench", names[0], public_hex(new_private_key())), repeats)
+        peers = {p: k for p, k in signed.items() if p != names[0]}
+        check_ms = median_ms(lambda: verified_roster(link, "bench", peers, set()), repeats)
+        reader.close()
+        ledger.close()
+    return {"sign_ms": sign_ms, "check_ms": check_ms, "peers": len(peers)}
+
+
+def report(args, rows: list[dict], keys: dict) -> str:
     lines = [
         f"Command: `python benchmarks/bench_secure_sum.py --partners {args.partners} --sizes {args.sizes} "
         f"--repeats {args.repeats}`",
@@ -84,6 +113,13 @@ def report(args, rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['size']:,} | {r['partner_ms']:.2f} ms | {r['server_ms']:.2f} ms | "
                      f"{r['dropout_ms']:.2f} ms | {r['bytes'] / 1e3:,.1f} kB | {r['error']:.1e} |")
+    lines += [
+        "",
+        f"Once per job, not per round: a partner signs its masking key with its Ed25519 ledger key in "
+        f"{keys['sign_ms']:.2f} ms (the key file read included), and checks its {keys['peers']} peers' signed keys "
+        f"against a SQLite ledger in {keys['check_ms']:.2f} ms (a key lookup and a verification each; "
+        "`client/peer_keys.py`).",
+    ]
     return "\n".join(lines)
 
 
@@ -95,7 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--doc", action="store_true")
     args = parser.parse_args(argv)
     rows = [measure(args.partners, int(s), args.repeats) for s in args.sizes.split(",")]
-    text = report(args, rows)
+    text = report(args, rows, measure_key_check(args.partners, args.repeats))
     print(text)
     if args.doc:
         update_subsection("Secure sum cost per round", text)

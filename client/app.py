@@ -7,7 +7,8 @@ Messages:
 * train    -- arrays = global model, config = ``RoundConfig``; reply: arrays, metrics, manifest.
 * evaluate -- the same request; reply: metrics of the global model on the partner's local evaluation rows.
 * query    -- preflight: reply ``readiness`` (eligible count at the checkpoint and, when that is 0, the consenting
-  count before the lifetime budget cap; feature schema, epsilon spent; in a secure job, the masking public key).
+  count before the lifetime budget cap; feature schema, epsilon spent; in a secure job, the masking public key,
+  signed with the partner's ledger key: ``client.peer_keys``).
 * query.reveal -- secure jobs only: this round's mask keys with the partners that dropped (``client.masking``).
 
 In a secure job (``RoundConfig.aggregation``) a train reply's arrays are the partner's clipped, noised gradient sum,
@@ -27,7 +28,8 @@ from client.data import EligibleRows, PartnerData, consenting_count, feature_sch
 from client.eligibility import Ledger
 from client.job_eligibility import job_eligible_set
 from client.manifest import code_hash, manifest_part
-from client.masking import mask_update, masking_public_key, reveal
+from client.masking import mask_update, masking_key, reveal
+from client.peer_keys import key_book
 from client.partner import Partner, resolve_partner
 from client.privacy import PrivateRound, noise_plan, secure_gradient, spent_so_far, train_privately
 from client.protocol import (
@@ -62,7 +64,8 @@ def make_client_app(
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
         if job.secure:  # the clipped, noised gradient sum at the global model, masked for the secure sum
             grads, spent = secure_gradient(model, rows.train, job, context.state, partner.state_dir)
-            words = mask_update(grads, partner.partner_id, job, context.state, partner.state_dir)
+            words = mask_update(grads, partner.partner_id, job, context.state, key_book(partner.ledger, partner.partner_id),
+                                partner.state_dir)  # fmt: skip
             arrays = arrays_to_record(weight_names(model), words)
         else:
             spent = train_privately(model, rows.train, job, context.state, partner.state_dir)
@@ -171,7 +174,10 @@ def readiness(partner: Partner, rows: EligibleRows, job: RoundConfig, context: C
     train_rows = int(np.asarray(rows.train.X).shape[0])
     # A secure job's noise depends on the union's rows, known only after preflight: planned in round 1.
     plan = noise_plan(context.state, train_rows, job) if train_rows and not job.secure else None
-    secure = {"masking-key": masking_public_key(context.state, job.job_id, partner.state_dir)} if job.secure else {}
+    secure = {}
+    if job.secure:
+        book = key_book(partner.ledger, partner.partner_id)
+        secure = {"masking-key": masking_key(context.state, book, partner.partner_id, job.job_id, partner.state_dir)}
     # Only a zero needs explaining (nobody consents, or all are over budget): a second fold of the log otherwise.
     explain = {} if rows.eligible.count else {
         "consenting-count": consenting_count(partner.ledger, partner.partner_id, job, rows.eligible)}  # fmt: skip

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from client.eligibility import EligibleSet
+from client.peer_keys import partner_key_in
 from consent.store.vault import user_hmac
 
 
@@ -32,9 +33,11 @@ class ConsentLink:
         lifetime_epsilon: float | None = None,
         job_epsilon: float = 0.0,
         day: str | None = None,
+        keys_dir: str | None = None,
     ):
         self.reader = reader
         self.secrets = secrets
+        self.keys_dir = keys_dir
         self.lifetime_epsilon = lifetime_epsilon
         self.job_epsilon = job_epsilon
         self.day = day
@@ -59,6 +62,17 @@ class ConsentLink:
         by_hmac = {user_hmac(secret, str(u)): u for u in user_ids}
         found = self.reader.subject_refs(partner_id, list(by_hmac), create=False)
         return {by_hmac[h]: ref for h, ref in found.items()}
+
+    # client.peer_keys.KeyBook: a secure job's masking keys are signed with the partner's own ledger key
+    def sign_as(self, partner_id: str, message: bytes) -> bytes:
+        from consent.keys import Identity
+
+        if self.keys_dir is None:
+            raise KeyError(f"no keys dir: cannot sign as partner {partner_id!r}")
+        return Identity.load(self.keys_dir, partner_id).sign(message)
+
+    def partner_key(self, partner_id: str) -> str | None:
+        return partner_key_in(self.reader, partner_id)
 
 
 def load_secrets(keys_dir: str | Path) -> dict[str, bytes]:
@@ -93,7 +107,7 @@ def open_link(url: str) -> ConsentLink:
     cap = float(query["cap"]) if "cap" in query else None
     return ConsentLink(
         reader, load_secrets(query["keys"]), lifetime_epsilon=cap,
-        job_epsilon=float(query.get("job-epsilon", 0.0)), day=query.get("day"),
+        job_epsilon=float(query.get("job-epsilon", 0.0)), day=query.get("day"), keys_dir=query["keys"],
     )  # fmt: skip
 
 
@@ -120,6 +134,12 @@ class PartnerClients:
     def subject_refs(self, partner_id: str, hmacs, create: bool = False) -> dict[str, str]:
         return self._client(partner_id).subject_refs(partner_id, hmacs, create=create)
 
+    def active_key(self, identity: str):
+        """Any of this process's partner clients may look a key up: keys are public."""
+        if not self._clients:
+            raise LookupError("no partner client yet: ask for the own partner's eligible set first")
+        return next(iter(self._clients.values())).active_key(identity)
+
 
 class LinkByURL:
     """A picklable stand-in for ConsentLink: opened on first use in whichever process (Ray actor) it lands in."""
@@ -144,3 +164,9 @@ class LinkByURL:
 
     def subject_refs_for(self, partner_id: str, user_ids: Sequence[str]) -> dict[str, str]:
         return self._open().subject_refs_for(partner_id, user_ids)
+
+    def sign_as(self, partner_id: str, message: bytes) -> bytes:
+        return self._open().sign_as(partner_id, message)
+
+    def partner_key(self, partner_id: str) -> str | None:
+        return self._open().partner_key(partner_id)

@@ -1,7 +1,8 @@
 """A partner's side of the secure sum (``client.secure_sum``): its masking key, its masked update, its reveals.
 
-The X25519 key pair is made at preflight (the public half goes to the server in the readiness reply) and kept in
-the node's ``Context.state`` for the job; it never leaves the node. With a state dir (the partner's ``state-dir``)
+The X25519 key pair is made at preflight and kept in the node's ``Context.state`` for the job; its private half
+never leaves the node. The public half goes to the server in the readiness reply, signed with the partner's ledger
+key (``client.peer_keys``), and a partner masks only with peer keys whose signatures check out against the ledger. With a state dir (the partner's ``state-dir``)
 it is also written to ``<state_dir>/<job_id>.secure-sum.json`` (mode 0600, with the last round masked and its
 roster), so a SuperNode that restarts mid-job rejoins the job's rounds with the key its peers know. Without one, a
 restarted node can no longer take part in that job (its replies fail, and the survivors' masks with it are
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
+from client.peer_keys import KeyBook, sign_masking_key, verified_roster
 from client.protocol import RoundConfig
 from client.secure_sum import (
     SecureSumError,
@@ -39,29 +41,34 @@ STATE_KEY = "secure-sum"
 KIND = "secure-sum"  # <state_dir>/<job_id>.secure-sum.json
 
 
-def masking_public_key(state: RecordDict, job_id: str, state_dir: str | None = None) -> str:
-    """This partner's public masking key for ``job_id`` (made on first use, kept in the node state and state dir)."""
+def masking_key(state: RecordDict, book: KeyBook, partner_id: str, job_id: str, state_dir: str | None = None) -> str:
+    """This partner's signed masking key for ``job_id`` (the key pair is made on first use, kept in the node state
+    and state dir)."""
     record = _load(state, job_id, state_dir)
     if record is None:
         key = new_private_key()
         record = ConfigRecord({"job-id": job_id, "private-key": private_bytes(key), "round": 0, "peer-ids": [],
-                               "peer-keys": []})  # fmt: skip
+                               "peer-keys": [], "verified": []})  # fmt: skip
         state[STATE_KEY] = record
         _persist(record, state_dir)
-    return public_hex(private_key_from(record["private-key"]))
+    return sign_masking_key(book, job_id, partner_id, public_hex(private_key_from(record["private-key"])))
 
 
-def mask_update(arrays: Sequence[np.ndarray], partner_id: str, job: RoundConfig, state: RecordDict,
+def mask_update(arrays: Sequence[np.ndarray], partner_id: str, job: RoundConfig, state: RecordDict, book: KeyBook,
                 state_dir: str | None = None) -> list[np.ndarray]:  # fmt: skip
-    """``arrays`` encoded and masked with every peer of the round's roster: uint64 arrays of the same shapes."""
+    """``arrays`` encoded and masked with every peer of the round's roster: uint64 arrays of the same shapes.
+    A peer key its owner did not sign (``client.peer_keys``) is refused before anything is masked."""
     record = _record(state, job.job_id, state_dir)
-    peers = check_roster(job.peer_ids, job.peer_keys, partner_id, at_least=job.noise_partners)
+    signed = check_roster(job.peer_ids, job.peer_keys, partner_id, at_least=job.noise_partners)
+    verified = set(record.get("verified", []))
+    peers = verified_roster(book, job.job_id, signed, verified)
     private = private_key_from(record["private-key"])
     keys = {peer: round_key(pair_key(private, public, job.job_id, partner_id, peer), job.server_round)
             for peer, public in peers.items()}  # fmt: skip
     flat = encode(np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]))
     words = masked(flat, partner_id, keys)
-    record.update({"round": int(job.server_round), "peer-ids": list(job.peer_ids), "peer-keys": list(job.peer_keys)})
+    record.update({"round": int(job.server_round), "peer-ids": list(peers), "peer-keys": list(peers.values()),
+                   "verified": sorted(verified)})  # fmt: skip
     _persist(record, state_dir)
     out, start = [], 0
     for a in arrays:

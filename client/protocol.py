@@ -68,7 +68,7 @@ class RoundConfig:
     # (distributed DP, ``server.secure_aggregation``): one DP-SGD step a round over the union of the partners' rows;
     # each partner Poisson-samples its rows at the union's rate (batch_size / union_rows), adds 1/sqrt(noise_partners)
     # of the noise and returns its clipped, noised gradient sum masked for a secure sum (``client.secure_sum``) with
-    # the round's roster (peer_ids, with their X25519 public keys peer_keys, hex).
+    # the round's roster (peer_ids, with their signed X25519 public keys peer_keys: ``client.peer_keys``).
     aggregation: str = "plain"
     union_rows: int = 0
     noise_partners: int = 1

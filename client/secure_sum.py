@@ -3,8 +3,8 @@
 The server of a ``secure`` job (``server.secure_aggregation``) must learn only the total of the partners' clipped,
 noised gradient sums, never one partner's. As in Bonawitz et al.'s SecAgg (CCS 2017), without its double masking:
 
-* each partner holds an X25519 key pair per job and sends its public key at preflight; the server relays the
-  roster's keys in every round;
+* each partner holds an X25519 key pair per job and sends its public key at preflight, signed with its ledger key;
+  the server relays the roster's keys in every round;
 * partners ``a`` and ``b`` derive the same pair key: HKDF-SHA256 over their X25519 shared secret, bound to the job and
   both partner ids; per round, ``round_key = HMAC-SHA256(pair_key, round)`` keys a ChaCha20 keystream of 64-bit words,
   the round's mask for that pair;
@@ -14,9 +14,9 @@ noised gradient sums, never one partner's. As in Bonawitz et al.'s SecAgg (CCS 2
 * a partner that drops out after the roster was sent leaves its pairs' masks in the sum; each survivor reveals its
   ``round_key`` with the dropped partner (that round only, never the pair key), and the server removes those masks.
 
-Trust model, stated in every secure round manifest: the server is honest-but-curious and the key relay is not
-authenticated. A server that substitutes keys, or treats a partner as dropped after receiving its vector, can read
-that partner's vector in the clear. It does the latter honestly when screening refuses a reply (wrong manifest,
+Trust model, stated in every secure round manifest: the server is honest-but-curious. The keys it relays are signed
+by their owners' ledger keys and checked by every partner (``client.peer_keys``), so it cannot substitute one. It
+can treat a partner as dropped after receiving its vector, and read that vector in the clear. It does so honestly when screening refuses a reply (wrong manifest,
 wrong shapes): the survivors' reveals then unmask the refused vector too. Either way the server sees one partner's
 noise share only, and every partner adds enough noise that its share alone keeps ``epsilon_if_colluding`` (see
 ``server.secure_aggregation``); rounds whose masks were removed are listed in their manifest (``recovered``).

@@ -21,6 +21,7 @@ from consent.checkpoints import Checkpoint
 from consent.eligibility import EligibleSet, NonMembershipProof, eligible_root
 from consent.entries import SignedEntry
 from consent.keys import Identity
+from consent.rules import KeyRecord
 from consent.rules import AppendError
 from consent.service.auth import SERVICE_PREFIX, sign_request
 from consent.service.convert import (
@@ -117,6 +118,16 @@ class LedgerClient:
             identity, role, public_b64 = identity.name, identity.role, identity.public_b64
         req = pb.RegisterKeyRequest(identity=identity, role=role or "", public_key=public_b64 or "")
         return self._call("RegisterKey", req, pb.RegisterKeyResponse).key_id
+
+    def active_key(self, identity: str) -> KeyRecord | None:
+        """The identity's current key as the log holds it, or None if it has none."""
+        try:
+            key = self._call("GetKey", pb.GetKeyRequest(identity=identity), pb.GetKeyResponse)
+        except LedgerRPCError as exc:
+            if exc.status == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return KeyRecord(key.key_id, key.identity, key.role, key.public_key)
 
     # ---- the log ------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from consent.checkpoints import Checkpoint
 from consent.eligibility import EligibleSet, NonMembershipProof, eligible_root, fold_eligible, prove_absent
 from consent.entries import EntryError, SignedEntry, make_entry, parse_entry, parse_time
 from consent.keys import Identity, key_id_of, public_from_b64, public_raw
-from consent.rules import ALREADY_EXISTS, FAILED_PRECONDITION, NOT_FOUND, PERMISSION_DENIED, AppendError
+from consent.rules import ALREADY_EXISTS, FAILED_PRECONDITION, NOT_FOUND, PERMISSION_DENIED, AppendError, KeyRecord
 from consent.store.budget import BudgetBook
 from consent.store.log import LedgerStore
 from consent.store.vault import SubjectVault
@@ -111,6 +111,10 @@ class LedgerReader:
 
     def subject_refs(self, partner_id: str, hmacs: Sequence[str], create: bool = False) -> dict[str, str]:
         return self.vault.subject_refs(partner_id, hmacs, create=False)
+
+    def active_key(self, identity: str) -> KeyRecord | None:
+        """The identity's current key (registered or rotated, not revoked), or None if it has none."""
+        return next((k for k in self.store.keys_of(identity) if not k.revoked), None)
 
 
 class Ledger(LedgerReader):

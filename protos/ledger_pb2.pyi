@@ -115,6 +115,24 @@ class RegisterKeyResponse(_message.Message):
     key_id: str
     def __init__(self, key_id: _Optional[str] = ...) -> None: ...
 
+class GetKeyRequest(_message.Message):
+    __slots__ = ("identity",)
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    def __init__(self, identity: _Optional[str] = ...) -> None: ...
+
+class GetKeyResponse(_message.Message):
+    __slots__ = ("identity", "role", "key_id", "public_key")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    role: str
+    key_id: str
+    public_key: str
+    def __init__(self, identity: _Optional[str] = ..., role: _Optional[str] = ..., key_id: _Optional[str] = ..., public_key: _Optional[str] = ...) -> None: ...
+
 class Checkpoint(_message.Message):
     __slots__ = ("origin", "tree_size", "root", "ts", "key_id", "signature", "witnesses")
     ORIGIN_FIELD_NUMBER: _ClassVar[int]

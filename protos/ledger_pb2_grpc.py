@@ -66,6 +66,11 @@ class ConsentLedgerStub:
                 request_serializer=protos_dot_ledger__pb2.RegisterKeyRequest.SerializeToString,
                 response_deserializer=protos_dot_ledger__pb2.RegisterKeyResponse.FromString,
                 _registered_method=True)
+        self.GetKey = channel.unary_unary(
+                '/cohort.ledger.v1.ConsentLedger/GetKey',
+                request_serializer=protos_dot_ledger__pb2.GetKeyRequest.SerializeToString,
+                response_deserializer=protos_dot_ledger__pb2.GetKeyResponse.FromString,
+                _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/cohort.ledger.v1.ConsentLedger/GetCheckpoint',
                 request_serializer=protos_dot_ledger__pb2.GetCheckpointRequest.SerializeToString,
@@ -161,6 +166,14 @@ class ConsentLedgerServicer:
     def RegisterKey(self, request, context):
         """Registers a NEW identity's key under a role (operator: any role; coordinator: auditor identities only); an
         identity that already holds a key gets a new one only through a key.rotated entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKey(self, request, context):
+        """The active key of one identity (key.registered / key.rotated): how a partner checks the masking keys its peers
+        signed in a secure job. NOT_FOUND for an unknown identity.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +281,11 @@ def add_ConsentLedgerServicer_to_server(servicer, server):
                     servicer.RegisterKey,
                     request_deserializer=protos_dot_ledger__pb2.RegisterKeyRequest.FromString,
                     response_serializer=protos_dot_ledger__pb2.RegisterKeyResponse.SerializeToString,
+            ),
+            'GetKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKey,
+                    request_deserializer=protos_dot_ledger__pb2.GetKeyRequest.FromString,
+                    response_serializer=protos_dot_ledger__pb2.GetKeyResponse.SerializeToString,
             ),
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
@@ -484,6 +502,33 @@ class ConsentLedger:
             '/cohort.ledger.v1.ConsentLedger/RegisterKey',
             protos_dot_ledger__pb2.RegisterKeyRequest.SerializeToString,
             protos_dot_ledger__pb2.RegisterKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cohort.ledger.v1.ConsentLedger/GetKey',
+            protos_dot_ledger__pb2.GetKeyRequest.SerializeToString,
+            protos_dot_ledger__pb2.GetKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,7 +2,7 @@
 
 * checkpoint: a signed checkpoint is published and the job is fixed to its tree size (never a moving ledger);
 * preflight: Flower's readiness round, then the ledger's own view: every partner must have eligible subjects with
-  budget left, and `job.started` records the checkpoint, purpose, categories, DP target, strategy, aggregation
+  budget left (and in a secure job a masking key signed by its ledger key), and `job.started` records the checkpoint, purpose, categories, DP target, strategy, aggregation
   (plain or secure) and partners;
 * on_round: every eligible subject of each partner in the round is charged that round's ε increment (the
   partner's cumulative ε after this round minus what this job already charged it), then the round manifest
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 from flwr.serverapp import Grid
 
+from client.peer_keys import partner_key_in, verified_public_key
+from client.secure_sum import SecureSumError
 from consent.eligibility import EligibleSet
 from consent.entries import make_entry
 from consent.keys import Identity
@@ -74,6 +76,8 @@ class LedgerBinding:
             if eligible.count != partner.eligible_count:
                 problems.append(f"{partner.partner_id}: reports {partner.eligible_count} eligible subjects, the "
                                 f"ledger {eligible.count}")  # fmt: skip
+            if job.aggregation == "secure":
+                problems += self._masking_key_problems(job, partner.partner_id, partner.masking_key)
         if problems:
             raise PreflightError(f"job {job.job_id} refused at tree size {job.tree_size}: " + "; ".join(problems))
         for partner_id, eligible in members.items():
@@ -133,6 +137,15 @@ class LedgerBinding:
         self.charged[key] = max(self.charged[key], part.epsilon)
 
     # ---- helpers ------------------------------------------------------------------------------------------
+
+    def _masking_key_problems(self, job: Job, partner_id: str, signed: str) -> list[str]:
+        """The partners check each other's masking keys before masking (``client.peer_keys``); checked here too, a
+        forged one refuses the job at preflight with its name instead of failing every partner's round 1."""
+        try:
+            verified_public_key(signed, job.job_id, partner_id, partner_key_in(self.ledger, partner_id))
+        except SecureSumError as exc:
+            return [f"{partner_id}: {exc}"]
+        return []
 
     def eligible(self, job: Job, partner_id: str, capped: bool = True):
         return self.ledger.eligible_set(

@@ -42,7 +42,7 @@ class PartnerReadiness:
     feature_schema: str
     epsilon_spent: float
     consenting_count: int = 0  # consenting subjects before the lifetime budget cap; >= eligible_count
-    masking_key: str = ""  # secure jobs: the partner's X25519 public key for the secure sum (hex)
+    masking_key: str = ""  # secure jobs: the partner's signed X25519 key for the secure sum (client.peer_keys)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

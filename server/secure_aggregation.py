@@ -8,8 +8,8 @@ centralized DP-SGD step, at the union's sample rate ``q = 1 / ceil(N / batch_siz
 
 Per round, ``SecureSum``:
 
-* adds to the round's config the union's row count, the noise divisor and the roster (partners and the X25519 public
-  keys they gave at preflight);
+* adds to the round's config the union's row count, the noise divisor and the roster (partners and the signed X25519
+  public keys they gave at preflight, ``client.peer_keys``);
 * adds up the masked uint64 vectors of the accepted replies; for roster partners with no usable reply it asks the
   survivors for their round keys with them (``query.reveal``) and removes those masks; without every survivor's
   reveal the round cannot be unmasked and the job stops;
@@ -20,7 +20,7 @@ Per round, ``SecureSum``:
 
 ``trust()`` is what every secure round manifest states: the total noise multiplier, each partner's share, and the ε
 a partner's users keep if the server sees that partner's vector alone (server and all other partners colluding,
-or a server that fakes a dropout or substitutes keys): that of the share alone, composed over the job.
+or a server that fakes a dropout): that of the share alone, composed over the job.
 """
 
 from __future__ import annotations

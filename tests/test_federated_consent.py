@@ -215,6 +215,49 @@ def test_over_budget_job_is_refused_in_a_real_flower_preflight(demo):
     ledger.close()
 
 
+def test_a_secure_job_refuses_a_masking_key_its_partner_did_not_sign(demo, monkeypatch):
+    """The real ClientApp over the real ledger signs its masking key with its ledger key; the coordinator checks every
+    signature at preflight, and a node that announces a key signed by another partner's key refuses the job."""
+    from client.app import make_client_app
+    from client.consent_link import LinkByURL, link_url
+    from client.peer_keys import sign_masking_key, statement, verified_public_key
+    from client.protocol import READINESS
+    from consent.keys import Identity
+    from consent.ledger import Ledger
+    from server.job import Job, PreflightError
+    from server.ledger_hooks import LedgerBinding
+    from test_federated_support import InProcessGrid, as_server_app
+
+    ledger = Ledger.open(str(demo.out / "ledger.db"), Identity.load(demo.out / "keys", "operator"))
+    size_before = ledger.tree_size()
+    binding = LedgerBinding(ledger, Identity.load(demo.out / "keys", "coordinator"), lifetime_epsilon=10.0)
+    url = link_url(str(demo.out / "ledger.db"), str(demo.out / "keys"), 10.0, 3.0, binding.day)
+    link = open_link(url)
+    key = "11" * 32
+    assert verified_public_key(sign_masking_key(link, "j", "loyal", key), "j", "loyal", link.partner_key("loyal")) == key
+    assert link.partner_key("coordinator") is None and link.partner_key("nobody") is None  # partner keys only
+    honest = make_client_app(ledger=LinkByURL(url), data=SyntheticPlatforms(users_per_platform=500, seed=3))
+
+    def impostor(msg, context):  # the node that plays loyal cannot sign as loyal: it signs with content's key
+        out = honest(msg, context)
+        readiness = out.content.config_records.get(READINESS)
+        if readiness is not None and readiness["partner-id"] == "loyal":
+            public = str(readiness["masking-key"]).partition(".")[0]
+            signature = Identity.load(demo.out / "keys", "content").sign(statement("secure-job", "loyal", public))
+            readiness["masking-key"] = f"{public}.{signature.hex()}"
+        return out
+
+    as_server_app(monkeypatch)
+    job = Job(job_id="secure-job", target_epsilon=3.0, rounds=2, min_partners=2, aggregation="secure",
+              preflight_timeout_s=60.0)  # fmt: skip
+    assert binding.preflight(InProcessGrid(honest, 3), job, binding.checkpoint).ready  # signed keys check out
+    started = ledger.tree_size()
+    with pytest.raises(PreflightError, match="loyal: masking key of 'loyal' refused: not signed by its ledger key"):
+        binding.preflight(InProcessGrid(impostor, 3), job.fixed_at(started), None)
+    assert ledger.tree_size() == started == size_before + 1  # job.started for the honest one, nothing for this one
+    ledger.close()
+
+
 def test_a_job_stopped_early_has_charged_the_rounds_that_closed(demo):
     """Rounds are charged as they close: loyal crashes in round 3 of 3, the job stops, rounds 1 and 2 stay charged.
     The demo's subjects have spent ~6 of 10 already, so after round 1's charge a ledger asked afresh would no longer

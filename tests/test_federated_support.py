@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
@@ -25,6 +26,7 @@ from client.app import make_client_app
 from client.data import SyntheticPlatforms
 from client.eligibility import EligibleSet, Ledger, eligible_subjects
 from client.protocol import ARRAYS, REVEAL
+from consent.keys import Identity
 
 CATEGORIES = ("behavioural", "transaction")
 PURPOSE = "churn_ltv_modelling"
@@ -56,8 +58,21 @@ class FakeLedger:
         known = self.refs.get(partner_id, {})
         return {u: known[u] for u in user_ids if u in known}
 
+    # client.peer_keys.KeyBook: each partner's ledger key is derived from its id (the fake has no keys dir)
+    def sign_as(self, partner_id, message) -> bytes:
+        return fake_partner_identity(partner_id).sign(message)
+
+    def partner_key(self, partner_id) -> str | None:
+        return fake_partner_identity(partner_id).public_b64 if partner_id in self.refs else None
+
     def to_json(self) -> str:
         return json.dumps({"tree_size": self.tree_size, "refs": self.refs, "consenting": self.consenting})
+
+
+def fake_partner_identity(partner_id: str) -> Identity:
+    """The fake ledger's key for ``partner_id``: an Ed25519 key seeded by the id, the same in every process."""
+    seed = hashlib.sha256(f"fake-ledger-key/{partner_id}".encode()).digest()
+    return Identity(partner_id, "partner", Ed25519PrivateKey.from_private_bytes(seed))
 
 
 def fake_ledger_for(data: SyntheticPlatforms, consent_share: float = 0.8, tree_size: int = 42) -> FakeLedger:

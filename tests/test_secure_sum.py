@@ -13,7 +13,8 @@ from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from client.app import make_client_app
 from client.data import SyntheticPlatforms
-from client.masking import mask_update, masking_public_key, reveal
+from client.masking import mask_update, masking_key, reveal
+from client.peer_keys import key_book, sign_masking_key
 from client.protocol import ARRAYS, RoundConfig, arrays_to_record
 from client.secure_sum import (
     SCALE_BITS,
@@ -33,11 +34,12 @@ from models.nets import ChurnLTVNet, get_weights, weight_names
 from server.job import Job, JobError
 from server.runner import initial_model, run_job
 from server.secure_aggregation import SecureSum, SecureSumFailed
-from test_federated_support import CATEGORIES, PURPOSE, InProcessGrid, as_server_app, fake_ledger_for
+from test_federated_support import CATEGORIES, PURPOSE, FakeLedger, InProcessGrid, as_server_app, fake_ledger_for
 
 PARTNERS = ("a", "b", "c")
 N_FEATURES = 6
 TOLERANCE = 3 * 2.0 ** -(SCALE_BITS + 1)  # each of 3 encodings rounds by at most half a step
+BOOK = FakeLedger(tree_size=42, refs={p: {} for p in PARTNERS}, consenting={})  # the partners' ledger keys
 
 
 def secure_job(**overrides) -> Job:
@@ -85,7 +87,7 @@ def test_encoding_refuses_nan_inf_and_values_beyond_its_range():
 
 def _partners_and_server(job: Job):
     states = {p: RecordDict() for p in PARTNERS}
-    keys = {p: masking_public_key(states[p], job.job_id) for p in PARTNERS}
+    keys = {p: masking_key(states[p], BOOK, p, job.job_id) for p in PARTNERS}
     start = initial_model(job, N_FEATURES)
     server = SecureSum(job, keys, {p: 100 for p in PARTNERS}, start, N_FEATURES)
     return states, server, start
@@ -117,7 +119,7 @@ def test_the_server_unmasks_a_round_with_a_dropout_and_steps_on_the_survivors_su
     states, server, start = _partners_and_server(job)
     config = _round(server, job, 1)
     grads = {p: _gradients(i) for i, p in enumerate(PARTNERS)}
-    words = {p: mask_update(grads[p], p, config, states[p]) for p in PARTNERS}
+    words = {p: mask_update(grads[p], p, config, states[p], BOOK) for p in PARTNERS}
     survivors = ("a", "c")  # b's reply never arrives
     asked = []
 
@@ -140,7 +142,7 @@ def _round_one_replies(senders=PARTNERS):
     states, server, _ = _partners_and_server(job)
     config = _round(server, job, 1)
     names = weight_names(ChurnLTVNet(N_FEATURES))
-    records = {p: arrays_to_record(names, mask_update(_gradients(PARTNERS.index(p)), p, config, states[p]))
+    records = {p: arrays_to_record(names, mask_update(_gradients(PARTNERS.index(p)), p, config, states[p], BOOK))
                for p in senders}  # fmt: skip
     return server, records
 
@@ -166,7 +168,7 @@ def test_a_malformed_masked_update_stops_the_job_instead_of_stepping_on_garbage(
 def test_a_partner_reveals_only_the_last_rounds_keys_with_its_own_peers():
     job = secure_job()
     states, server, _ = _partners_and_server(job)
-    mask_update(_gradients(0), "a", _round(server, job, 2), states["a"])
+    mask_update(_gradients(0), "a", _round(server, job, 2), states["a"], BOOK)
     assert set(reveal(states["a"], "a", job.job_id, 2, ["c"])) == {"c"}
     with pytest.raises(SecureSumError, match="not the last round"):
         reveal(states["a"], "a", job.job_id, 1, ["c"])
@@ -175,22 +177,64 @@ def test_a_partner_reveals_only_the_last_rounds_keys_with_its_own_peers():
     with pytest.raises(SecureSumError, match="not a peer"):
         reveal(states["a"], "a", job.job_id, 2, ["z"])
     with pytest.raises(SecureSumError, match="not in this round's roster"):
-        mask_update(_gradients(0), "a", _round(server, job, 3, roster=("b", "c")), states["a"])
+        mask_update(_gradients(0), "a", _round(server, job, 3, roster=("b", "c")), states["a"], BOOK)
     with pytest.raises(SecureSumError, match="cannot carry the noise of 2 shares"):  # each adds 1/sqrt(2) of it
-        mask_update(_gradients(0), "a", _round(server, job, 3, roster=("a",)), states["a"])
+        mask_update(_gradients(0), "a", _round(server, job, 3, roster=("a",)), states["a"], BOOK)
     with pytest.raises(SecureSumError, match="no masking key"):
-        mask_update(_gradients(0), "a", _round(server, job, 3), RecordDict())
+        mask_update(_gradients(0), "a", _round(server, job, 3), RecordDict(), BOOK)
+
+
+class CountingBook(FakeLedger):
+    """The partners' ledger keys, counting the key lookups."""
+
+    def partner_key(self, partner_id):
+        self.calls.append(partner_id)
+        return super().partner_key(partner_id)
+
+
+def test_a_partner_masks_only_with_keys_its_peers_signed_with_their_ledger_keys():
+    job = secure_job()
+    book = CountingBook(tree_size=42, refs={p: {} for p in PARTNERS}, consenting={})
+    states = {p: RecordDict() for p in PARTNERS}
+    honest = {p: masking_key(states[p], book, p, job.job_id) for p in PARTNERS}
+    server = SecureSum(job, honest, {p: 100 for p in PARTNERS}, initial_model(job, N_FEATURES), N_FEATURES)
+    for r in (1, 2):
+        mask_update(_gradients(0), "a", _round(server, job, r), states["a"], book)
+    assert sorted(book.calls) == ["b", "c"]  # each peer's key is looked up once in the job, not once a round
+
+    def forged_round(c_key: str, job_id: str = job.job_id) -> RoundConfig:
+        record = server.round_config(job.round_config(3).to_record(), list(PARTNERS))
+        record["peer-keys"] = [honest["a"], honest["b"], c_key]
+        record["job-id"] = job_id
+        return RoundConfig.from_record(record)
+
+    server_key = public_hex(new_private_key())  # what a server that wants to read c's vector would hand out
+    signed_by_b = sign_masking_key(book, job.job_id, "b", server_key)  # a colluding b signs it
+    other_job = masking_key(RecordDict(), book, "c", "another-job")  # c's own signature, for another job
+    before = dict(states["a"]["secure-sum"])
+    for c_key in (server_key, f"{server_key}.{'00' * 64}", f"{server_key}.{signed_by_b.partition('.')[2]}",
+                  other_job):  # fmt: skip
+        with pytest.raises(SecureSumError, match="masking key of 'c' refused: not signed by its ledger key"):
+            mask_update(_gradients(0), "a", forged_round(c_key), states["a"], book)
+    assert dict(states["a"]["secure-sum"]) == before  # nothing masked, nothing kept: the round-2 reveal rules hold
+    stranger = FakeLedger(tree_size=42, refs={"a": {}, "b": {}}, consenting={})  # a ledger with no partner "c"
+    fresh = RecordDict()
+    masking_key(fresh, stranger, "a", job.job_id)
+    with pytest.raises(SecureSumError, match="the ledger holds no active partner key"):
+        mask_update(_gradients(0), "a", forged_round(honest["c"]), fresh, stranger)
+    with pytest.raises(SecureSumError, match="cannot sign masking keys"):
+        key_book(object(), "a")
 
 
 def test_a_restarted_partner_keeps_its_masking_key_from_its_state_dir(tmp_path):
     job = secure_job()
     states, server, _ = _partners_and_server(job)
     state_dir = str(tmp_path / "a")
-    before = masking_public_key(states["a"], job.job_id, state_dir)  # the key "a" gave at preflight
-    assert masking_public_key(RecordDict(), job.job_id) != before  # without a state dir a restart makes a new one
-    mask_update(_gradients(0), "a", _round(server, job, 1), states["a"], state_dir)
+    before = masking_key(states["a"], BOOK, "a", job.job_id, state_dir)  # the key "a" gave at preflight
+    assert masking_key(RecordDict(), BOOK, "a", job.job_id) != before  # without a state dir a restart makes a new one
+    mask_update(_gradients(0), "a", _round(server, job, 1), states["a"], BOOK, state_dir)
     restarted = RecordDict()  # the SuperNode came back with an empty Context.state
-    assert masking_public_key(restarted, job.job_id, state_dir) == before
+    assert masking_key(restarted, BOOK, "a", job.job_id, state_dir) == before
     assert set(reveal(restarted, "a", job.job_id, 1, ["b"], state_dir)) == {"b"}
     key_file = tmp_path / "a" / f"{job.job_id}.secure-sum.json"
     assert key_file.stat().st_mode & 0o077 == 0  # the private key is readable by the partner's user only

@@ -234,12 +234,24 @@ def test_a_partner_rotates_its_own_key(env):
         assert err.value.code == "UNAUTHENTICATED" and "rotated out" in err.value.details
     with LedgerClient(env.server.address, new) as c:
         assert c.tree_size() == index + 1
+        assert env.client("partner-b").active_key("partner-r").key_id == new.key_id  # peers check the new key now
         other = make_entry("key.rotated", {"identity": "partner-a", "role": "partner", "key_id": old.key_id,
                                            "public_key": old.public_b64, "replaces": env.keys["partner-a"].key_id},
                            new)  # fmt: skip
         with pytest.raises(LedgerRPCError) as err:
             c.append([other])
         assert err.value.code == "PERMISSION_DENIED"
+
+
+def test_every_role_looks_up_a_partners_active_key(env):
+    """GetKey: how a partner checks the masking keys its peers signed in a secure job (client.peer_keys)."""
+    for caller in ("partner-b", "auditor", "coordinator"):
+        key = env.client(caller).active_key("partner-a")
+        assert (key.identity, key.role) == ("partner-a", "partner")
+        assert (key.key_id, key.public_key) == (env.keys["partner-a"].key_id, env.keys["partner-a"].public_b64)
+    assert env.client("partner-a").active_key("coordinator").role == "coordinator"
+    assert env.client("partner-a").active_key("nobody") is None
+    refused(env, "partner-a", lambda c: c.active_key("not a name!"), "INVALID_ARGUMENT")
 
 
 # ---- refusals: nothing is stored -----------------------------------------------------------------------------

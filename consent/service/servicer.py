@@ -176,6 +176,14 @@ class ConsentLedgerServicer(ledger_pb2_grpc.ConsentLedgerServicer):
         log.info("%s registered key %s for %s as %s", caller.identity, key_id, request.identity, request.role)
         return pb.RegisterKeyResponse(key_id=key_id)
 
+    @rpc(*EVERYONE)
+    def GetKey(self, request: pb.GetKeyRequest, caller: Caller) -> pb.GetKeyResponse:
+        """The identity's active key: public, as it is in the log; a partner checks its peers' signatures with it."""
+        key = self.ledger.active_key(scope.name(request.identity, "identity"))
+        if key is None:
+            raise Refused("NOT_FOUND", f"no active key for identity {request.identity!r}")
+        return pb.GetKeyResponse(identity=key.identity, role=key.role, key_id=key.key_id, public_key=key.public_key)
+
     # ---- the log ------------------------------------------------------------------------------------------
 
     @rpc(*EVERYONE)
