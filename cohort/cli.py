@@ -91,20 +91,26 @@ def demo(
     data: str = typer.Option("synthetic", help="Partners' data: 'synthetic' (three differing social-commerce "
                              "platforms) or 'cdnow' (the CDNOW purchase log split into three non-IID partners)."),
     users: int = typer.Option(1500, help="Users per synthetic platform (ignored for --data cdnow)."),
-    rounds: int = typer.Option(3, help="Federated rounds per job."),
+    rounds: int = typer.Option(None, help="Federated rounds per job (default: 3, or 60 / 150 secure rounds on "
+                               "synthetic / CDNOW data)."),
+    aggregation: str = typer.Option("plain", help="'plain' (FedAvg of each partner's DP model) or 'secure' "
+                                    "(distributed DP over a secure sum: one DP-SGD step a round)."),
     epsilon: float = typer.Option(3.0, help="Each job's target ε per partner (δ = 1e-5)."),
     seed: int = typer.Option(7, help="Seed of the synthetic platforms and the consent decisions."),
 ) -> None:
     """Run the whole flow once: consents → federated DP job → withdrawals and an erasure → a second job that leaves
     them out → comparison → audit → ledger verify."""
-    from cohort.demo import DATA_SETS, quiet_flower, run_demo
+    from cohort.demo import AGGREGATIONS, DATA_SETS, quiet_flower, run_demo
 
     if data not in DATA_SETS:
         console.print(f"[red]unknown --data {data!r}[/red]: expected one of {', '.join(DATA_SETS)}")
         raise typer.Exit(code=2)
+    if aggregation not in AGGREGATIONS:
+        console.print(f"[red]unknown --aggregation {aggregation!r}[/red]: expected one of {', '.join(AGGREGATIONS)}")
+        raise typer.Exit(code=2)
     quiet_flower()
     result = run_demo(out, users_per_platform=users, rounds=rounds, epsilon=epsilon, seed=seed, console=console,
-                      data=data)  # fmt: skip
+                      data=data, aggregation=aggregation)  # fmt: skip
     if not (result.audit_ok and result.verify_ok):
         raise typer.Exit(code=1)
 

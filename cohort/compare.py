@@ -19,6 +19,7 @@ from models.calibration import SpendCalibration
 from models.metrics import evaluate
 from models.nets import ChurnLTVNet, set_weights
 from models.train import DPConfig, predict, train
+from server.job import Job
 from server.runner import JobResult
 
 
@@ -42,9 +43,12 @@ def _fresh(job, n_features: int, seed: int) -> ChurnLTVNet:
     return ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)
 
 
-def comparison(result: JobResult, rows: dict[str, EligibleRows], epochs: int = 12) -> list[dict]:
-    """One row per (partner, model): churn AUC, LTV Gini, decile MAPE on that partner's evaluation users."""
-    job = result.job
+def comparison(result: JobResult, rows: dict[str, EligibleRows], epochs: int = 12, recipe: Job | None = None
+               ) -> list[dict]:  # fmt: skip
+    """One row per (partner, model): churn AUC, LTV Gini, decile MAPE on that partner's evaluation users. The
+    local-only and centralized models train ``epochs`` epochs with ``recipe``'s batch, lr, schedule and clipping
+    (default: the job's) at the job's ε."""
+    job = recipe or result.job
     n_features = next(iter(rows.values())).n_features
     fed = federated_model(result, n_features)
     pooled_X = np.concatenate([r.train.X for r in rows.values()])

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from client.consent_link import LinkByURL, link_url, open_link
 from client.data import PartnerData, SyntheticPlatforms
-from cohort.demo_print import print_comparison, print_consents, print_rights, print_rounds
+from cohort.demo_print import print_comparison, print_consents, print_rights, print_rounds, rounds_shown
 from cohort.demo_rights import RightsEvidence, rights_evidence
 from cohort.demo_world import CATEGORIES, CDNOW_CATEGORIES, PURPOSE, build_world, exercise_rights, record_consents
 from consent.audit import audit_rounds
@@ -44,12 +44,22 @@ class TrainingPlan:
     lr: float
     max_grad_norm: float
     lr_schedule: str = "cosine"
+    rounds: int = 3
 
 
 PLANS = {
     "synthetic": TrainingPlan(local_epochs=20, batch_size=512, lr=2e-2, max_grad_norm=20.0, lr_schedule="constant"),
     "cdnow": TrainingPlan(local_epochs=10, batch_size=1024, lr=1e-2, max_grad_norm=30.0),
 }
+# Secure jobs (`--aggregation secure`, ``server.secure_aggregation``): a round is one DP-SGD step of the server over
+# the union of the partners' rows, at the union's expected batch and the server's Adam rate; many more, much cheaper
+# rounds. CDNOW: the settings of the measured secure job (docs/benchmarks.md) with fewer steps, so the demo stays
+# short.
+SECURE_PLANS = {
+    "synthetic": TrainingPlan(local_epochs=1, batch_size=512, lr=2e-2, max_grad_norm=20.0, rounds=60),
+    "cdnow": TrainingPlan(local_epochs=1, batch_size=2048, lr=1e-2, max_grad_norm=50.0, rounds=150),
+}
+AGGREGATIONS = ("plain", "secure")
 
 
 @dataclass
@@ -77,11 +87,15 @@ def demo_source(data: str, users_per_platform: int, seed: int) -> tuple[PartnerD
     raise ValueError(f"unknown demo data {data!r}; expected one of {', '.join(DATA_SETS)}")
 
 
-def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: int = 3, epsilon: float = 3.0,
-             seed: int = 7, console: Console | None = None, data: str = "synthetic",
-             plan: TrainingPlan | None = None) -> DemoResult:  # fmt: skip
+def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: int | None = None,
+             epsilon: float = 3.0, seed: int = 7, console: Console | None = None, data: str = "synthetic",
+             plan: TrainingPlan | None = None, aggregation: str = "plain") -> DemoResult:  # fmt: skip
+    """``rounds``: per job (None: the plan's). ``aggregation``: "plain" (FedAvg of DP models) or "secure"."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {', '.join(AGGREGATIONS)}")
     console = console or Console()
-    plan = plan or PLANS[data]
+    plan = plan or (SECURE_PLANS if aggregation == "secure" else PLANS)[data]
+    rounds = rounds or plan.rounds
     started = time.perf_counter()
     out = Path(out or tempfile.mkdtemp(prefix="cohort-demo-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +116,7 @@ def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: in
         return Job(job_id=f"demo-{stamp}-job{n}", purpose=PURPOSE, categories=categories, rounds=rounds,
                    target_epsilon=epsilon, min_partners=2, round_timeout_s=120.0, local_epochs=plan.local_epochs,
                    batch_size=plan.batch_size, lr=plan.lr, lr_schedule=plan.lr_schedule,
-                   max_grad_norm=plan.max_grad_norm, seed=seed)  # fmt: skip
+                   max_grad_norm=plan.max_grad_norm, seed=seed, aggregation=aggregation)  # fmt: skip
 
     first = _train(console, job(1), binding, url, source, "job 1")
     print_rounds(console, first)
@@ -116,9 +130,14 @@ def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: in
         from cohort.compare import comparison, partner_rows
 
         rows = partner_rows(open_link(url), source, second)
-        # Same budget as each federated partner: its epsilon and rounds x local epochs of the same batch and lr.
-        table = comparison(second, rows, epochs=rounds * plan.local_epochs)
-    print_comparison(console, table, second.job)
+        # Plain: the same budget as each federated partner, its ε and rounds x local epochs of the same batch and
+        # lr. Secure: a step a round has no local epochs, so the baselines train as in the plain demo.
+        base = PLANS[data] if aggregation == "secure" else replace(plan, rounds=rounds)
+        recipe = replace(second.job, batch_size=base.batch_size, lr=base.lr, lr_schedule=base.lr_schedule,
+                         max_grad_norm=base.max_grad_norm)  # fmt: skip
+        epochs = base.rounds * base.local_epochs
+        table = comparison(second, rows, epochs=epochs, recipe=recipe)
+    print_comparison(console, table, second.job, recipe, epochs)
 
     model_path = second.save(out / "model")
     audit = audit_rounds(world.ledger.store)
@@ -138,25 +157,28 @@ def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: in
 
 
 def _train(console: Console, job: Job, binding: LedgerBinding, url: str, source: PartnerData, title: str) -> JobResult:
-    """One federated job in Flower simulation: a progress bar over its rounds, a line per round as it closes."""
+    """One federated job in Flower simulation: a progress bar over its rounds, a line as each shown round closes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from server.simulation import simulate_job
 
     hooks = binding.hooks()
+    how = "secure sum (distributed DP: one DP-SGD step a round)" if job.aggregation == "secure" else "FedAvg"
     console.print(f"[bold]Federated {title}[/bold] {job.job_id}: purpose {job.purpose}, categories "
                   f"{', '.join(job.categories)}, {job.rounds} rounds, target ε={job.target_epsilon:g} "
-                  f"(δ={job.delta:g}), FedAvg, {len(source.partners)} partners (Flower simulation)")  # fmt: skip
+                  f"(δ={job.delta:g}), {how}, {len(source.partners)} partners (Flower simulation)")  # fmt: skip
+    shown = set(rounds_shown(job.rounds))
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:  # fmt: skip
         task = progress.add_task("starting Ray and the partners' SuperNodes, preflight…", total=job.rounds)
 
         def on_round(manifest):  # called from the ServerApp's thread as each round closes
             hooks.on_round(manifest)
-            eps = ", ".join(f"{p.partner_id} ε={p.epsilon:.2f}" for p in sorted(manifest.partners, key=lambda p: p.partner_id))
-            progress.console.print(f"  round {manifest.server_round}/{job.rounds} closed: {eps}; manifest appended "
-                                   "to the ledger")  # fmt: skip
             done = manifest.server_round
+            if done in shown:
+                parts = sorted(manifest.partners, key=lambda p: p.partner_id)
+                eps = ", ".join(f"{p.partner_id} ε={p.epsilon:.2f}" for p in parts)
+                progress.console.print(f"  round {done}/{job.rounds} closed: {eps}; manifest appended to the ledger")
             progress.update(task, completed=done, description=f"round {min(done + 1, job.rounds)}/{job.rounds}: "
                             "partners train with DP-SGD" if done < job.rounds else "closing the job")  # fmt: skip
 

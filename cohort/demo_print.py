@@ -21,14 +21,29 @@ def print_consents(console: Console, world) -> None:
     console.print(t)
 
 
+SHOWN_ROUNDS = 6  # a job of more rounds (a secure one: hundreds) shows its first, last and evenly spaced ones
+
+
+def rounds_shown(rounds: int) -> list[int]:
+    """The rounds the demo prints: all of a short job; of a long one the first, the last and ~SHOWN_ROUNDS between."""
+    if rounds <= SHOWN_ROUNDS:
+        return list(range(1, rounds + 1))
+    step = -(-rounds // (SHOWN_ROUNDS - 1))
+    return sorted({1, rounds, *range(step, rounds, step)})
+
+
 def print_rounds(console: Console, result: JobResult, before: JobResult | None = None) -> None:
-    """Per round and partner: eligible subjects, rows trained on, ε so far, that partner's own train loss and its
-    federated-evaluation AUC of the global model on its local evaluation users."""
+    """Per round and partner: eligible subjects, rows trained on, ε so far, that partner's own train loss (not in a
+    secure job: it would leak what DP protects) and its federated-evaluation AUC of the global model on its local
+    evaluation users."""
+    shown = set(rounds_shown(len(result.manifests)))
     title = f"{result.job.job_id} rounds (checkpoint: tree size {result.job.tree_size})"
+    if len(shown) < len(result.manifests):
+        title += f"; {len(shown)} of {len(result.manifests)} rounds shown, each was appended to the ledger"
     t = Table(title=title)
     for col in ("round", "partner", "eligible", "trained on", "ε so far", "σ", "train loss", "eval churn AUC"):
         t.add_column(col, justify="right" if col != "partner" else "left")
-    for m in result.manifests:
+    for m in (m for m in result.manifests if m.server_round in shown):
         train = result.partner_train_metrics.get(m.server_round, {})
         evaluation = result.partner_evaluate_metrics.get(m.server_round, {})
         for p in sorted(m.partners, key=lambda p: p.partner_id):
@@ -46,13 +61,17 @@ def print_rounds(console: Console, result: JobResult, before: JobResult | None =
         console.print(f"Eligible subjects, job 1 → job 2 (fixed at a new checkpoint): {change}")
 
 
-def print_comparison(console: Console, rows: list[dict], job: Job) -> None:
-    epochs = job.rounds * job.local_epochs
-    t = Table(title=f"Held-out eligible users of each partner. Same training budget for every model: {epochs} epochs "
-                    f"(federated: {job.rounds} rounds × {job.local_epochs} local), batch {job.batch_size}, lr "
-                    f"{job.lr:g} ({job.lr_schedule}); DP models ε={job.target_epsilon:g} per partner "
-                    f"(clip {job.max_grad_norm:g}); "
-                    "centralized: all partners' rows pooled, no DP")  # fmt: skip
+def print_comparison(console: Console, rows: list[dict], job: Job, recipe: Job, epochs: int) -> None:
+    """``recipe``: how the local-only and centralized models trained (``epochs`` epochs)."""
+    if job.aggregation == "secure":
+        how = (f"Federated: {job.rounds} secure rounds, one DP-SGD step each (union batch {job.batch_size}, server "
+               f"lr {job.lr:g}, clip {job.max_grad_norm:g}); the others train as in the plain demo: {epochs} epochs")
+    else:
+        how = (f"Same training budget for every model: {epochs} epochs (federated: {job.rounds} rounds × "
+               f"{job.local_epochs} local)")  # fmt: skip
+    t = Table(title=f"Held-out eligible users of each partner. {how}, batch {recipe.batch_size}, lr {recipe.lr:g} "
+                    f"({recipe.lr_schedule}); DP models ε={job.target_epsilon:g} per partner (clip "
+                    f"{recipe.max_grad_norm:g}); centralized: all partners' rows pooled, no DP")  # fmt: skip
     for col in ("partner", "model", "users", "churn AUC", "LTV Gini", "decile MAPE"):
         t.add_column(col, justify="left" if col in ("partner", "model") else "right")
     for r in rows:

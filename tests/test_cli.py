@@ -188,6 +188,9 @@ def test_demo_refuses_unknown_data_with_the_choices():
     result = runner.invoke(app, ["demo", "--data", "imagenet"])
     assert result.exit_code == 2
     assert "unknown --data 'imagenet'" in result.output and "synthetic, cdnow" in result.output
+    result = runner.invoke(app, ["demo", "--aggregation", "homomorphic"])
+    assert result.exit_code == 2
+    assert "unknown --aggregation 'homomorphic'" in result.output and "plain, secure" in result.output
 
 
 def test_both_serve_entry_points_choose_the_transport_by_one_rule():

@@ -1,0 +1,39 @@
+"""`cohort demo --aggregation secure`: the whole flow with distributed DP over a secure sum, and how the demo shows
+a job of many one-step rounds."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from cohort.demo import PLANS, run_demo
+from cohort.demo_print import rounds_shown
+
+
+def test_a_long_job_shows_its_first_last_and_evenly_spaced_rounds():
+    assert rounds_shown(3) == [1, 2, 3]
+    assert rounds_shown(60) == [1, 12, 24, 36, 48, 60]
+    many = rounds_shown(600)
+    assert many[0] == 1 and many[-1] == 600 and len(many) <= 7 and many == sorted(set(many))
+
+
+@pytest.mark.slow
+def test_a_secure_demo_runs_the_flow_and_compares_with_the_plain_demos_baselines(tmp_path):
+    console = Console(record=True, width=200)
+    demo = run_demo(tmp_path, users_per_platform=500, rounds=12, seed=3, console=console, aggregation="secure")
+    assert demo.verify_ok and demo.audit_ok and demo.rights.ok
+    for result in (demo.first, demo.result):
+        assert result.job.aggregation == "secure" and len(result.manifests) == 12
+        assert all(m.aggregation["mode"] == "secure" and m.aggregation["recovered"] == [] for m in result.manifests)
+        spent = result.epsilon_by_partner
+        assert len(spent) == 3 and 0.9 * 3.0 < min(spent.values()) <= max(spent.values()) <= 3.0 + 1e-6
+        assert not any("train-loss" in m for r in result.partner_train_metrics.values() for m in r.values())
+    text = " ".join(console.export_text().split())
+    assert "secure sum (distributed DP: one DP-SGD step a round)" in text
+    assert text.count("closed:") == 2 * len(rounds_shown(12))  # one progress line per shown round, per job
+    assert f"{len(rounds_shown(12))} of 12 rounds shown" in text
+    plain = PLANS["synthetic"]
+    assert f"the others train as in the plain demo: {plain.rounds * plain.local_epochs} epochs" in text
+    models = {r["model"] for r in demo.comparison}
+    assert models == {"federated, DP", "federated, DP, calibrated", "local only, DP", "centralized, no DP"}
+    assert all(0.5 < r["churn_auc"] <= 1.0 for r in demo.comparison)
