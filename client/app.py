@@ -64,8 +64,8 @@ def make_client_app(
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
         if job.secure:  # the clipped, noised gradient sum at the global model, masked for the secure sum
             grads, spent = secure_gradient(model, rows.train, job, context.state, partner.state_dir)
-            words = mask_update(grads, partner.partner_id, job, context.state, key_book(partner.ledger, partner.partner_id),
-                                partner.state_dir)  # fmt: skip
+            book = key_book(partner.ledger, partner.partner_id)
+            words = mask_update(grads, partner.partner_id, job, context.state, book, partner.state_dir)
             arrays = arrays_to_record(weight_names(model), words)
         else:
             spent = train_privately(model, rows.train, job, context.state, partner.state_dir)

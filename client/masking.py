@@ -2,11 +2,11 @@
 
 The X25519 key pair is made at preflight and kept in the node's ``Context.state`` for the job; its private half
 never leaves the node. The public half goes to the server in the readiness reply, signed with the partner's ledger
-key (``client.peer_keys``), and a partner masks only with peer keys whose signatures check out against the ledger. With a state dir (the partner's ``state-dir``)
-it is also written to ``<state_dir>/<job_id>.secure-sum.json`` (mode 0600, with the last round masked and its
-roster), so a SuperNode that restarts mid-job rejoins the job's rounds with the key its peers know. Without one, a
-restarted node can no longer take part in that job (its replies fail, and the survivors' masks with it are
-removed).
+key (``client.peer_keys``), and a partner masks only with peer keys whose signatures check out against the ledger.
+With a state dir (the partner's ``state-dir``) it is also written to ``<state_dir>/<job_id>.secure-sum.json``
+(mode 0600, with the last round masked, its roster and the peer keys already checked), so a SuperNode that restarts
+mid-job rejoins the job's rounds with the key its peers know. Without one, a restarted node can no longer take part
+in that job (its replies fail, and the survivors' masks with it are removed).
 
 A reveal (``query.reveal``) hands the server this round's key with partners the server says dropped. It is given
 only for the last round this partner masked, only for peers of that round's roster, never for itself: the server

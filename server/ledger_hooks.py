@@ -2,8 +2,8 @@
 
 * checkpoint: a signed checkpoint is published and the job is fixed to its tree size (never a moving ledger);
 * preflight: Flower's readiness round, then the ledger's own view: every partner must have eligible subjects with
-  budget left (and in a secure job a masking key signed by its ledger key), and `job.started` records the checkpoint, purpose, categories, DP target, strategy, aggregation
-  (plain or secure) and partners;
+  budget left (and in a secure job a masking key signed by its ledger key), and `job.started` records the
+  checkpoint, purpose, categories, DP target, strategy, aggregation (plain or secure) and partners;
 * on_round: every eligible subject of each partner in the round is charged that round's ε increment (the
   partner's cumulative ε after this round minus what this job already charged it), then the round manifest
   (commitments, DP parameters, ε, model hashes) is appended as `round.manifest`, signed by the coordinator, with

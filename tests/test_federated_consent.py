@@ -234,7 +234,8 @@ def test_a_secure_job_refuses_a_masking_key_its_partner_did_not_sign(demo, monke
     url = link_url(str(demo.out / "ledger.db"), str(demo.out / "keys"), 10.0, 3.0, binding.day)
     link = open_link(url)
     key = "11" * 32
-    assert verified_public_key(sign_masking_key(link, "j", "loyal", key), "j", "loyal", link.partner_key("loyal")) == key
+    signed = sign_masking_key(link, "j", "loyal", key)
+    assert verified_public_key(signed, "j", "loyal", link.partner_key("loyal")) == key
     assert link.partner_key("coordinator") is None and link.partner_key("nobody") is None  # partner keys only
     honest = make_client_app(ledger=LinkByURL(url), data=SyntheticPlatforms(users_per_platform=500, seed=3))
 
