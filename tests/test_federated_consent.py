@@ -259,6 +259,41 @@ def test_a_secure_job_refuses_a_masking_key_its_partner_did_not_sign(demo, monke
     ledger.close()
 
 
+def test_the_round_audit_flags_a_later_round_that_trains_on_the_set_before_the_withdrawals(demo, tmp_path):
+    """The audit works each job's fold and proofs out once, not once a round: a later round that commits another
+    set is still re-checked. Here a forged round 3 of job 2 commits job 1's set for loyal, withdrawn users and all."""
+    import sqlite3
+
+    from consent.entries import make_entry
+    from consent.keys import Identity
+    from consent.ledger import Ledger
+
+    copy = tmp_path / "ledger.db"
+    with sqlite3.connect(demo.out / "ledger.db") as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    ledger = Ledger.open(str(copy), Identity.load(demo.out / "keys", "operator"))
+    bodies = [json.loads(d)["body"] for _, d in sorted(ledger.store.find_by_type("round.manifest"))]
+    first, second = demo.first.job.job_id, demo.result.job.job_id
+    assert audit_rounds(ledger.store).ok
+    old = next(p for p in bodies[-1 - [b["job_id"] for b in reversed(bodies)].index(first)]["partners"]
+               if p["partner_id"] == "loyal")  # loyal's part in job 1's last round
+    forged = json.loads(json.dumps(bodies[-1]))  # job 2's last round, as round 3
+    assert forged["job_id"] == second
+    forged["round"] = 3
+    for part in forged["partners"]:
+        if part["partner_id"] == "loyal":
+            part.update(eligible_root=old["eligible_root"], eligible_count=old["eligible_count"])
+    ledger.append([make_entry("round.manifest", forged, Identity.load(demo.out / "keys", "coordinator"))])
+    report = audit_rounds(ledger.store)
+    assert report == audit_rounds(ledger.store, reuse=False)  # reused folds and proofs: the report of a fresh audit
+    problems = report.problems
+    assert problems and all("round 3 of job" in p or "not provably absent" in p for p in problems)
+    assert f"round 3 of job {second}: loyal's committed eligible set ({old['eligible_count']} subjects)" in problems[0]
+    unprovable = " ".join(p for p in problems if "not provably absent" in p)
+    assert all(f"subject {ref} withdrew/erased" in unprovable for ref in demo_story(demo)["loyal"])
+    ledger.close()
+
+
 def test_a_job_stopped_early_has_charged_the_rounds_that_closed(demo):
     """Rounds are charged as they close: loyal crashes in round 3 of 3, the job stops, rounds 1 and 2 stay charged.
     The demo's subjects have spent ~6 of 10 already, so after round 1's charge a ledger asked afresh would no longer
