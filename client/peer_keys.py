@@ -3,11 +3,8 @@
 Why: the server relays the roster's masking keys. Unsigned, it could hand the other partners a key of its own in
 place of one partner's, and read that partner's masked vector in the clear. Signed, a partner masks only with keys
 its peers signed, checked against the Ed25519 key each peer holds in the consent ledger (its ``key.registered`` or
-``key.rotated`` entry, role ``partner``); the server never holds a partner's signing key.
-
-A signed masking key travels as one string, ``<X25519 public key, hex>.<Ed25519 signature, hex>``; the signature is
-over ``STATEMENT | job_id | partner_id | X25519 public key`` (raw bytes, NUL-separated), so a key signed for one
-job or one partner is refused for any other.
+``key.rotated`` entry, role ``partner``); the server never holds a partner's signing key. The statement signed and
+its check are ``consent.masking_keys`` (the ledger records the keys in ``job.started``, and the audit re-checks them).
 
 A partner's link to the ledger (``client.consent_link.ConsentLink``, or a test's stand-in) is a ``KeyBook``: it signs
 as its partner with ``<partner>.key`` from its keys dir and looks up a peer's active key.
@@ -15,15 +12,10 @@ as its partner with ``<partner>.key`` from its keys dir and looks up a peer's ac
 
 from __future__ import annotations
 
-import base64
 from typing import Protocol, runtime_checkable
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from client.secure_sum import SecureSumError
-
-STATEMENT = b"cohort/secure-sum/masking-key/v1"
+from consent import masking_keys
 
 
 @runtime_checkable
@@ -42,10 +34,6 @@ def partner_key_in(ledger, partner_id: str) -> str | None:
     return key.public_key if key is not None and key.role == "partner" else None
 
 
-def statement(job_id: str, partner_id: str, public_hex: str) -> bytes:
-    return b"\0".join((STATEMENT, job_id.encode(), partner_id.encode(), bytes.fromhex(public_hex)))
-
-
 def key_book(ledger: object, partner_id: str) -> KeyBook:
     """``ledger`` as a KeyBook, or a clear error: a secure job cannot run on a link that cannot sign."""
     if not isinstance(ledger, KeyBook):
@@ -56,22 +44,16 @@ def key_book(ledger: object, partner_id: str) -> KeyBook:
 
 def sign_masking_key(book: KeyBook, job_id: str, partner_id: str, public_hex: str) -> str:
     """The signed masking key ``partner_id`` announces for ``job_id``."""
-    return f"{public_hex}.{book.sign_as(partner_id, statement(job_id, partner_id, public_hex)).hex()}"
+    return masking_keys.sign(lambda message: book.sign_as(partner_id, message), job_id, partner_id, public_hex)
 
 
 def verified_public_key(signed: str, job_id: str, partner_id: str, ledger_key_b64: str | None) -> str:
     """The X25519 public key (hex) of ``signed`` if ``partner_id``'s ledger key signed it for ``job_id``; else
     ``SecureSumError`` naming the partner."""
-    public_hex, _, signature_hex = str(signed).partition(".")
-    if ledger_key_b64 is None:
-        raise SecureSumError(f"masking key of {partner_id!r} refused: the ledger holds no active partner key for it")
     try:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(ledger_key_b64, validate=True))
-        key.verify(bytes.fromhex(signature_hex), statement(job_id, partner_id, public_hex))
-    except (InvalidSignature, ValueError) as exc:
-        raise SecureSumError(f"masking key of {partner_id!r} refused: not signed by its ledger key for job "
-                             f"{job_id!r} ({type(exc).__name__})") from None  # fmt: skip
-    return public_hex
+        return masking_keys.check(signed, job_id, partner_id, ledger_key_b64)
+    except masking_keys.MaskingKeyError as exc:
+        raise SecureSumError(str(exc)) from None
 
 
 def verified_roster(book: KeyBook, job_id: str, roster: dict[str, str], verified: set[str]) -> dict[str, str]:

@@ -13,7 +13,8 @@ eligible set stays the one its first round committed to. Logs written when budge
 charged then). Equal roots mean the round used exactly the consenting, in-budget subjects; for every
 subject withdrawn, refused, expired or erased before the checkpoint the auditor also builds and checks a
 non-membership proof against the committed root. A secure round's DP statement is checked for consistency too
-(``secure_round_problems``).
+(``secure_round_problems``), and so are the signed masking keys a secure job's `job.started` records
+(``masking_key_problems``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import math
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
+from consent import masking_keys
 from consent.eligibility import EligibleSet, eligible_root, fold_eligible, prove_absent, verify_absent
 from consent.store.log import LedgerStore
 
@@ -99,7 +101,30 @@ def audit_rounds(store: LedgerStore, reuse: bool = True) -> AuditReport:
                                 for ref in unprovable]  # fmt: skip
             report.rounds.append(RoundAudit(body["job_id"], int(body["round"]), partner, size,
                                             int(part["eligible_count"]), len(refs), matches, proven))  # fmt: skip
+    report.problems += masking_key_problems(store)
     return report
+
+
+def masking_key_problems(store: LedgerStore) -> list[str]:
+    """Each masking key a secure job's `job.started` records must be signed, for that job, by a ledger key its
+    partner holds or held (a key rotated after the job still vouches for the job's masking key)."""
+    problems = []
+    for idx, data in sorted(store.find_by_type("job.started")):
+        body = json.loads(data)["body"]
+        for partner, signed in sorted(body.get("masking_keys", {}).items()):
+            keys = [k.public_key for k in store.keys_of(partner) if k.role == "partner"]
+            if not any(_signed_by(signed, body["job_id"], partner, key) for key in keys):
+                problems.append(f"entry {idx}: job {body['job_id']}: the masking key of {partner} is not signed by "
+                                "any ledger key of that partner")  # fmt: skip
+    return problems
+
+
+def _signed_by(signed: str, job_id: str, partner: str, key: str) -> bool:
+    try:
+        masking_keys.check(signed, job_id, partner, key)
+    except masking_keys.MaskingKeyError:
+        return False
+    return True
 
 
 def _prove_absent(eligible: EligibleSet, absent: set[str], part: dict) -> tuple[int, list[str]]:

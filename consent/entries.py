@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from consent.canonical import CanonicalError, canonical_bytes, parse_canonical
 from consent.keys import ROLES, Identity
+from consent.masking_keys import SIGNED_KEY
 from consent.vocabulary import UNMARKED_VERSION, VOCABULARIES, VocabularyError, check_categories, check_purposes
 
 FORMAT_VERSION = 1
@@ -500,7 +501,8 @@ def _checkpoint_ref(body: dict) -> None:
 
 def _job_started(t: str, body: dict) -> None:
     required = ("job_id", "purpose", "data_categories", "checkpoint", "rounds", "target_epsilon", "delta")
-    _fields(t, body, required, ("strategy", "aggregation", "partners", "as_of", "lifetime_epsilon", "vocabulary"))
+    _fields(t, body, required, ("strategy", "aggregation", "partners", "as_of", "lifetime_epsilon", "vocabulary",
+                                "masking_keys"))  # fmt: skip
     _job_id(body)
     _vocab(body, "purpose", "data_categories", single=True)
     _checkpoint_ref(body)
@@ -512,6 +514,20 @@ def _job_started(t: str, body: dict) -> None:
     _names(body, "partners", optional=True)
     _day(body, "as_of", optional=True)
     _number(body, "lifetime_epsilon", strict_minimum=True, optional=True)
+    if "masking_keys" in body:
+        _masking_keys(body)
+
+
+def _masking_keys(body: dict) -> None:
+    """A secure job's signed masking key per partner (``consent.masking_keys``); the signatures are the audit's."""
+    keys = body["masking_keys"]
+    if body.get("aggregation") != "secure":
+        raise EntryError("masking_keys belong to a secure job only (aggregation 'secure')")
+    if not isinstance(keys, dict) or sorted(keys) != sorted(body.get("partners", [])):
+        raise EntryError("masking_keys must name exactly the job's partners")
+    for partner, signed in keys.items():
+        if not isinstance(signed, str) or not SIGNED_KEY.fullmatch(signed):
+            raise EntryError(f"masking key of {_short(partner)} must be '<64 hex>.<128 hex>' (a signed X25519 key)")
 
 
 _PART_FIELDS = (

@@ -90,6 +90,9 @@ class LedgerBinding:
             "aggregation": job.aggregation,
             "partners": sorted(p.partner_id for p in report.ready), "as_of": self.day,
             "lifetime_epsilon": self.lifetime_epsilon,
+            # a secure job's signed masking keys, so the audit can re-check them after the job (consent.audit)
+            **({"masking_keys": {p.partner_id: p.masking_key for p in report.ready}}
+               if job.aggregation == "secure" else {}),
         })  # fmt: skip
         return report
 

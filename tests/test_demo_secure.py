@@ -3,11 +3,14 @@ a job of many one-step rounds."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from rich.console import Console
 
 from cohort.demo import PLANS, run_demo
 from cohort.demo_print import rounds_shown
+from consent.store.log import LedgerStore
 
 
 def test_a_long_job_shows_its_first_last_and_evenly_spaced_rounds():
@@ -21,8 +24,12 @@ def test_a_long_job_shows_its_first_last_and_evenly_spaced_rounds():
 def test_a_secure_demo_runs_the_flow_and_compares_with_the_plain_demos_baselines(tmp_path):
     console = Console(record=True, width=200)
     demo = run_demo(tmp_path, users_per_platform=500, rounds=12, seed=3, console=console, aggregation="secure")
-    assert demo.verify_ok and demo.audit_ok and demo.rights.ok
+    assert demo.verify_ok and demo.audit_ok and demo.rights.ok  # the audit re-checks the recorded masking keys too
+    store = LedgerStore.open(str(tmp_path / "ledger.db"), migrate=False)
+    started = {b["job_id"]: b for b in (json.loads(d)["body"] for _, d in store.find_by_type("job.started"))}
+    store.close()
     for result in (demo.first, demo.result):
+        assert sorted(started[result.job.job_id]["masking_keys"]) == sorted(result.epsilon_by_partner)
         assert result.job.aggregation == "secure" and len(result.manifests) == 12
         assert all(m.aggregation["mode"] == "secure" and m.aggregation["recovered"] == [] for m in result.manifests)
         spent = result.epsilon_by_partner

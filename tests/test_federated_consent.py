@@ -215,12 +215,15 @@ def test_over_budget_job_is_refused_in_a_real_flower_preflight(demo):
     ledger.close()
 
 
-def test_a_secure_job_refuses_a_masking_key_its_partner_did_not_sign(demo, monkeypatch):
+def test_a_secure_job_refuses_a_masking_key_its_partner_did_not_sign(demo, monkeypatch, tmp_path):
     """The real ClientApp over the real ledger signs its masking key with its ledger key; the coordinator checks every
     signature at preflight, and a node that announces a key signed by another partner's key refuses the job."""
     from client.app import make_client_app
     from client.consent_link import LinkByURL, link_url
-    from client.peer_keys import sign_masking_key, statement, verified_public_key
+    from client.peer_keys import sign_masking_key, verified_public_key
+    from consent.audit import masking_key_problems
+    from consent.entries import make_entry
+    from consent.masking_keys import statement
     from client.protocol import READINESS
     from consent.keys import Identity
     from consent.ledger import Ledger
@@ -253,25 +256,46 @@ def test_a_secure_job_refuses_a_masking_key_its_partner_did_not_sign(demo, monke
               preflight_timeout_s=60.0)  # fmt: skip
     assert binding.preflight(InProcessGrid(honest, 3), job, binding.checkpoint).ready  # signed keys check out
     started = ledger.tree_size()
+    [(_, entry)] = [e for e in ledger.store.find_by_type("job.started") if b'"secure-job"' in e[1]]
+    recorded = json.loads(entry)["body"]["masking_keys"]
+    assert sorted(recorded) == ["content", "group_buy", "loyal"] and masking_key_problems(ledger.store) == []
     with pytest.raises(PreflightError, match="loyal: masking key of 'loyal' refused: not signed by its ledger key"):
         binding.preflight(InProcessGrid(impostor, 3), job.fixed_at(started), None)
     assert ledger.tree_size() == started == size_before + 1  # job.started for the honest one, nothing for this one
     ledger.close()
+    # An auditor re-checks the recorded keys after the job: a job.started whose loyal key content signed is named
+    # (only that one: the others are the partners' own signatures, for this job id).
+    forged = ledger_copy(demo, tmp_path)
+    body = json.loads(entry)["body"]
+    public = recorded["loyal"].partition(".")[0]
+    by_content = Identity.load(demo.out / "keys", "content").sign(statement("secure-job", "loyal", public))
+    body.update(masking_keys=dict(recorded, loyal=f"{public}.{by_content.hex()}"))
+    [index] = forged.append([make_entry("job.started", body, Identity.load(demo.out / "keys", "coordinator"))])
+    assert masking_key_problems(forged.store) == [f"entry {index}: job secure-job: the masking key of loyal is not "
+                                                  "signed by any ledger key of that partner"]  # fmt: skip
+    forged.close()
 
 
-def test_the_round_audit_flags_a_later_round_that_trains_on_the_set_before_the_withdrawals(demo, tmp_path):
-    """The audit works each job's fold and proofs out once, not once a round: a later round that commits another
-    set is still re-checked. Here a forged round 3 of job 2 commits job 1's set for loyal, withdrawn users and all."""
+def ledger_copy(demo, tmp_path):
+    """The demo's ledger, copied (SQLite's backup API, WAL included), opened by its operator: to forge entries in."""
     import sqlite3
 
-    from consent.entries import make_entry
     from consent.keys import Identity
     from consent.ledger import Ledger
 
     copy = tmp_path / "ledger.db"
     with sqlite3.connect(demo.out / "ledger.db") as source, sqlite3.connect(copy) as target:
         source.backup(target)
-    ledger = Ledger.open(str(copy), Identity.load(demo.out / "keys", "operator"))
+    return Ledger.open(str(copy), Identity.load(demo.out / "keys", "operator"))
+
+
+def test_the_round_audit_flags_a_later_round_that_trains_on_the_set_before_the_withdrawals(demo, tmp_path):
+    """The audit works each job's fold and proofs out once, not once a round: a later round that commits another
+    set is still re-checked. Here a forged round 3 of job 2 commits job 1's set for loyal, withdrawn users and all."""
+    from consent.entries import make_entry
+    from consent.keys import Identity
+
+    ledger = ledger_copy(demo, tmp_path)
     bodies = [json.loads(d)["body"] for _, d in sorted(ledger.store.find_by_type("round.manifest"))]
     first, second = demo.first.job.job_id, demo.result.job.job_id
     assert audit_rounds(ledger.store).ok

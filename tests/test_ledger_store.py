@@ -568,6 +568,14 @@ def test_job_started_says_whether_the_job_sums_securely():
     check_body("job.started", dict(job, aggregation="secure"))
     with pytest.raises(EntryError, match="aggregation must be 'plain' or 'secure'"):
         check_body("job.started", dict(job, aggregation="homomorphic"))
+    partners = {p: f"{'ab' * 32}.{'cd' * 64}" for p in ("partner-a", "partner-b")}  # signed masking keys' shape
+    secure = dict(job, aggregation="secure", partners=sorted(partners), masking_keys=partners)
+    check_body("job.started", secure)
+    for bad, words in (({"aggregation": "plain"}, "secure job only"),
+                       ({"masking_keys": {"partner-a": partners["partner-a"]}}, "exactly the job's partners"),
+                       ({"masking_keys": dict(partners, **{"partner-b": "ab" * 32})}, "'<64 hex>.<128 hex>'")):
+        with pytest.raises(EntryError, match=words):
+            check_body("job.started", dict(secure, **bad))
 
 
 # ---- notices ---------------------------------------------------------------------------------------------
