@@ -106,16 +106,16 @@ def audit_rounds(store: LedgerStore, reuse: bool = True) -> AuditReport:
 
 
 def masking_key_problems(store: LedgerStore) -> list[str]:
-    """Each masking key a secure job's `job.started` records must be signed, for that job, by a ledger key its
-    partner holds or held (a key rotated after the job still vouches for the job's masking key)."""
+    """Each masking key a secure job's `job.started` records must be signed, for that job, by the ledger key its
+    partner held when the job started (a key rotated out later still vouches for it; one rotated out before, not)."""
     problems = []
     for idx, data in sorted(store.find_by_type("job.started")):
         body = json.loads(data)["body"]
         for partner, signed in sorted(body.get("masking_keys", {}).items()):
-            keys = [k.public_key for k in store.keys_of(partner) if k.role == "partner"]
+            keys = [k.public_key for k in store.keys_at(partner, idx) if k.role == "partner"]
             if not any(_signed_by(signed, body["job_id"], partner, key) for key in keys):
                 problems.append(f"entry {idx}: job {body['job_id']}: the masking key of {partner} is not signed by "
-                                "any ledger key of that partner")  # fmt: skip
+                                "the ledger key that partner held when the job started")  # fmt: skip
     return problems
 
 

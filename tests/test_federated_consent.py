@@ -272,7 +272,15 @@ def test_a_secure_job_refuses_a_masking_key_its_partner_did_not_sign(demo, monke
     body.update(masking_keys=dict(recorded, loyal=f"{public}.{by_content.hex()}"))
     [index] = forged.append([make_entry("job.started", body, Identity.load(demo.out / "keys", "coordinator"))])
     assert masking_key_problems(forged.store) == [f"entry {index}: job secure-job: the masking key of loyal is not "
-                                                  "signed by any ledger key of that partner"]  # fmt: skip
+                                                  "signed by the ledger key that partner held when the job started"]
+    # loyal's key rotated after the job: its old key still vouches for the job's masking key, not for a later one
+    forged.rotate("loyal", Identity.generate("loyal", "partner").public_b64)
+    assert masking_key_problems(forged.store) == [f"entry {index}: job secure-job: the masking key of loyal is not "
+                                                  "signed by the ledger key that partner held when the job started"]
+    [late] = forged.append([make_entry("job.started", json.loads(entry)["body"],
+                                       Identity.load(demo.out / "keys", "coordinator"))])  # fmt: skip
+    assert len(masking_key_problems(forged.store)) == 2 and f"entry {late}: job secure-job: the masking key of loyal" \
+        in masking_key_problems(forged.store)[1]
     forged.close()
 
 

@@ -23,7 +23,7 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, or_, select, update
 
 from consent import merkle, sigcheck
 from consent.canonical import decode as decode_json
@@ -502,6 +502,16 @@ class LedgerStore:
         if not rec.revoked:
             self._keys[key_id] = rec
         return rec
+
+    def keys_at(self, identity: str, index: int) -> list[KeyRecord]:
+        """The identity's keys that were active when entry ``index`` was appended: registered before it and not yet
+        rotated out (a rotation at ``r`` revokes the old key from ``r`` on and registers the new one at ``r``)."""
+        c = t.keys.c
+        with self.engine.connect() as conn:
+            q = select(t.keys).where(c.identity == identity, or_(c.registered_idx.is_(None), c.registered_idx < index),
+                                     or_(c.revoked_idx.is_(None), c.revoked_idx > index))  # fmt: skip
+            return [KeyRecord(r.key_id, r.identity, r.role, r.public_key, r.revoked_idx is not None)
+                    for r in conn.execute(q.order_by(c.registered_idx))]  # fmt: skip
 
     def keys_of(self, identity: str) -> list[KeyRecord]:
         """Every key ever registered for an identity (at most one of them active), in registration order."""
