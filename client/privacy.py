@@ -187,8 +187,8 @@ def secure_gradient(
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(secrets.randbits(63))  # sample and noise: never known to the server
         grads = noisy_gradient_sum(model, rows.X, rows.churn, rows.ltv, sample_rate=plan.sample_rate,
-                                      max_grad_norm=job.max_grad_norm, generator=generator,
-                                      noise_share=plan.noise_multiplier / math.sqrt(max(1, job.noise_partners)))
+                                   max_grad_norm=job.max_grad_norm, generator=generator,
+                                   noise_share=plan.noise_multiplier / math.sqrt(max(1, job.noise_partners)))
         accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
         history = [tuple(h) for h in accountant.history]
         report = TrainReport(

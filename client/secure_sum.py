@@ -18,9 +18,9 @@ Trust model, stated in every secure round manifest: the server is honest-but-cur
 by their owners' ledger keys and checked by every partner (``client.peer_keys``), so it cannot substitute one. It
 can treat a partner as dropped after receiving its vector, and read that vector in the clear. It does so honestly
 when screening refuses a reply (wrong manifest, wrong shapes): the survivors' reveals then unmask the refused vector
-too. Either way the server sees one partner's
-noise share only, and every partner adds enough noise that its share alone keeps ``epsilon_if_colluding`` (see
-``server.secure_aggregation``); rounds whose masks were removed are listed in their manifest (``recovered``).
+too. Either way the server sees one partner's noise share only, and every partner adds enough noise that its share
+alone keeps ``epsilon_if_colluding`` (see ``server.secure_aggregation``); rounds whose masks were removed are listed
+in their manifest (``recovered``).
 """
 
 from __future__ import annotations

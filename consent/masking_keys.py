@@ -12,11 +12,11 @@ partner does not check for any other.
 
 from __future__ import annotations
 
-import base64
 import re
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from consent.keys import public_from_b64
 
 STATEMENT = b"cohort/secure-sum/masking-key/v1"
 SIGNED_KEY = re.compile(r"[0-9a-f]{64}\.[0-9a-f]{128}")
@@ -45,8 +45,7 @@ def check(signed: str, job_id: str, partner_id: str, ledger_key_b64: str | None)
                               "(not '<64 hex>.<128 hex>')")  # fmt: skip
     public_hex, _, signature_hex = str(signed).partition(".")
     try:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(ledger_key_b64, validate=True))
-        key.verify(bytes.fromhex(signature_hex), statement(job_id, partner_id, public_hex))
+        public_from_b64(ledger_key_b64).verify(bytes.fromhex(signature_hex), statement(job_id, partner_id, public_hex))
     except (InvalidSignature, ValueError) as exc:
         raise MaskingKeyError(f"masking key of {partner_id!r} refused: not signed by its ledger key for job "
                               f"{job_id!r} ({type(exc).__name__})") from None  # fmt: skip
