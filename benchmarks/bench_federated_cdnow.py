@@ -324,11 +324,11 @@ def _secure_job(job, a: dict, res: dict) -> str:
     schedule = "cosine over the job" if job.lr_schedule == "cosine" else "constant"
     return (f"secure aggregation (distributed DP, `aggregation = \"secure\"`): {job.rounds} rounds of one DP-SGD "
             f"step over the union's {t['union_rows']:,} rows (each partner Poisson-samples its rows at "
-            f"q={t['sample_rate']:.3f}, expected batch {job.batch_size}), pairwise-masked secure sum, server Adam lr "
+            f"q={t['sample_rate']:.3f}, expected batch {job.batch_size}), double-masked secure sum, server Adam lr "
             f"{job.lr:g} ({schedule}), clip C={job.max_grad_norm:g}, ε={a['epsilon']:g} per partner's users (δ=1e-5, "
             f"{a['accountant'].upper()}), σ {t['noise_multiplier']:.2f} in total, "
             f"{t['partner_noise_multiplier']:.2f} from each partner (ε {t['epsilon_if_colluding']:.1f} if the server "
-            "saw one partner's vector alone)")
+            f"saw one partner's vector alone, which takes {t.get('colluders_to_unmask', 1)} colluding partner(s))")
 
 
 def partner_gains(per_partner: dict) -> tuple[dict, dict]:

@@ -1,6 +1,8 @@
-"""What the secure sum costs per round: a partner's encode + mask, the server's sum + unmask (with and without a
-dropout's masks to remove), and the bytes on the wire, for the Cohort model and for larger models; and, once per
-job, what a partner pays to check its peers' signed masking keys against a real SQLite ledger.
+"""What the secure sum costs per round: a partner's encode + double mask (its pair masks, a fresh self-mask seed
+split into sealed Shamir shares), its reveal (opening its peers' shares), the server's sum + unmask (rebuilding the
+survivors' seeds; with and without a dropout's pair masks to remove), and the bytes on the wire, for the Cohort model
+and for larger models; and, once per job, what a partner pays to check its peers' signed masking keys against a
+real SQLite ledger.
 
     python benchmarks/bench_secure_sum.py [--partners 3] [--sizes 3556,100000,1000000] [--repeats 20] [--doc]
 
@@ -27,14 +29,21 @@ if str(ROOT) not in sys.path:
 
 from bench_federated_cdnow import load_average, machine, update_subsection  # noqa: E402
 from client.secure_sum import (  # noqa: E402
+    SEALED_SHARE_BYTES,
     decode,
     encode,
+    join_seed,
     masked,
     new_private_key,
+    new_seed,
+    open_share,
     pair_key,
     public_hex,
     remove_masks,
     round_key,
+    seal_share,
+    share_threshold,
+    split_seed,
     sum_words,
 )
 
@@ -48,28 +57,50 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(partners: int, size: int, repeats: int) -> dict:
+def measure(partners: int, size: int, repeats: int, noise_partners: int = 2) -> dict:
     names = [f"p{i}" for i in range(partners)]
     keys = {p: new_private_key() for p in names}
+    pairs = {(a, b): pair_key(keys[a], public_hex(keys[b]), "bench", a, b) for a in names for b in names if a != b}
+    threshold = share_threshold(noise_partners)
     rng = np.random.default_rng(0)
     vectors = {p: rng.normal(0, 100, size=size) for p in names}
 
-    def round_keys(me: str, server_round: int) -> dict:
-        return {peer: round_key(pair_key(keys[me], public_hex(keys[peer]), "bench", me, peer), server_round)
-                for peer in names if peer != me}  # fmt: skip
+    def partner_round(me: str) -> tuple[np.ndarray, dict, bytes]:
+        """What ``client.masking.mask_update`` does after the gradient: pair keys, seed, sealed shares, masks."""
+        peers = [p for p in names if p != me]
+        round_keys = {peer: round_key(pairs[(me, peer)], 1) for peer in peers}
+        seed = new_seed()
+        shares = split_seed(seed, peers, threshold)
+        sealed = {peer: seal_share(pairs[(me, peer)], "bench", 1, me, peer, shares[peer]) for peer in peers}
+        return masked(encode(vectors[me]), me, round_keys, seed), sealed, seed
 
     me = names[0]
-    partner_ms = median_ms(lambda: masked(encode(vectors[me]), me, round_keys(me, 1)), repeats)
-    words = {p: masked(encode(vectors[p]), p, round_keys(p, 1)) for p in names}
-    server_ms = median_ms(lambda: decode(sum_words(list(words.values()))), repeats)
+    partner_ms = median_ms(lambda: partner_round(me), repeats)
+    rounds = {p: partner_round(p) for p in names}
+    words = {p: r[0] for p, r in rounds.items()}
+
+    def opened(survivors):
+        """Each survivor's reveal: the shares its surviving peers sealed for it, opened."""
+        return {(h, o): open_share(pairs[(h, o)], "bench", 1, o, h, rounds[o][1][h])
+                for h in survivors for o in survivors if o != h}  # fmt: skip
+
+    reveal_ms = median_ms(lambda: [open_share(pairs[(me, o)], "bench", 1, o, me, rounds[o][1][me])
+                                   for o in names if o != me], repeats)  # fmt: skip
+
+    def unmask(survivors, revealed):
+        shares = opened(survivors)
+        seeds = [join_seed([shares[(h, o)] for h in survivors if h != o], threshold, o) for o in survivors]
+        return decode(remove_masks(sum_words([words[p] for p in survivors]), revealed, seeds))
+
+    server_ms = median_ms(lambda: unmask(names, {}), repeats)
     dropped, survivors = names[-1], names[:-1]
-    revealed = {(s, dropped): round_keys(s, 1)[dropped] for s in survivors}
-    partial = [words[p] for p in survivors]
-    dropout_ms = median_ms(lambda: decode(remove_masks(sum_words(partial), revealed)), repeats)
-    exact = decode(remove_masks(sum_words(partial), revealed))
+    revealed = {(s, dropped): round_key(pairs[(s, dropped)], 1) for s in survivors}
+    dropout_ms = median_ms(lambda: unmask(survivors, revealed), repeats)
+    exact = unmask(survivors, revealed)
     error = float(np.abs(exact - sum(vectors[p] for p in survivors)).max())
-    return {"size": size, "partner_ms": partner_ms, "server_ms": server_ms, "dropout_ms": dropout_ms,
-            "bytes": 8 * size, "error": error}  # fmt: skip
+    return {"size": size, "partner_ms": partner_ms, "reveal_ms": reveal_ms, "server_ms": server_ms,
+            "dropout_ms": dropout_ms, "bytes": 8 * size + SEALED_SHARE_BYTES * (partners - 1), "error": error,
+            "threshold": threshold}  # fmt: skip
 
 
 def measure_key_check(partners: int, repeats: int) -> dict:
@@ -104,15 +135,18 @@ def report(args, rows: list[dict], keys: dict) -> str:
         f"--repeats {args.repeats}`",
         "",
         f"Machine: {machine()}; load average {load_average()}. Median of {args.repeats} runs each; "
-        f"{args.partners} partners, real X25519 keys, ChaCha20 masks (`client/secure_sum.py`).",
+        f"{args.partners} partners, real X25519 keys, ChaCha20 pair and self masks, self-mask seeds split "
+        f"{rows[0]['threshold']}-of-{args.partners - 1} (min-partners 2) with Flower's Shamir and sealed with "
+        "ChaCha20-Poly1305 (`client/secure_sum.py`).",
         "",
-        "| parameters | partner: encode + mask, incl. key derivation | server: sum + decode | server: same, one "
-        "dropout's masks removed | masked update on the wire | max error of the unmasked sum |",
-        "|---|---|---|---|---|---|",
+        "| parameters | partner: encode + double mask + sealed seed shares | partner: its reveal (open its peers' "
+        "shares) | server: sum + rebuild seeds + unmask + decode | server: same, one dropout's pair masks removed "
+        "| masked update on the wire | max error of the unmasked sum |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['size']:,} | {r['partner_ms']:.2f} ms | {r['server_ms']:.2f} ms | "
-                     f"{r['dropout_ms']:.2f} ms | {r['bytes'] / 1e3:,.1f} kB | {r['error']:.1e} |")
+        lines.append(f"| {r['size']:,} | {r['partner_ms']:.2f} ms | {r['reveal_ms']:.2f} ms | {r['server_ms']:.2f} ms"
+                     f" | {r['dropout_ms']:.2f} ms | {r['bytes'] / 1e3:,.1f} kB | {r['error']:.1e} |")
     lines += [
         "",
         f"Once per job, not per round: a partner signs its masking key with its Ed25519 ledger key in "

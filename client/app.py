@@ -9,10 +9,12 @@ Messages:
 * query    -- preflight: reply ``readiness`` (eligible count at the checkpoint and, when that is 0, the consenting
   count before the lifetime budget cap; feature schema, epsilon spent; in a secure job, the masking public key,
   signed with the partner's ledger key: ``client.peer_keys``).
-* query.reveal -- secure jobs only: this round's mask keys with the partners that dropped (``client.masking``).
+* query.reveal -- secure jobs only, once a round: this round's mask keys with the partners that dropped and the
+  opened seed shares of those that survived (``client.masking``).
 
 In a secure job (``RoundConfig.aggregation``) a train reply's arrays are the partner's clipped, noised gradient sum,
-masked for the secure sum (uint64 words, the model's shapes), not trained weights.
+masked for the secure sum (uint64 words, the model's shapes), not trained weights, and it carries its self-mask
+seed's shares sealed for its peers (``sealed-shares``).
 
 All three use the job's eligible set as first asked in the job (``client.job_eligibility``).
 """
@@ -41,6 +43,8 @@ from client.protocol import (
     NUM_EXAMPLES,
     READINESS,
     REVEAL,
+    SEALED,
+    SHARES,
     RoundConfig,
     arrays_to_record,
     record_to_arrays,
@@ -65,14 +69,15 @@ def make_client_app(
         if job.secure:  # the clipped, noised gradient sum at the global model, masked for the secure sum
             grads, spent = secure_gradient(model, rows.train, job, context.state, partner.state_dir)
             book = key_book(partner.ledger, partner.partner_id)
-            words = mask_update(grads, partner.partner_id, job, context.state, book, partner.state_dir)
-            arrays = arrays_to_record(weight_names(model), words)
+            update = mask_update(grads, partner.partner_id, job, context.state, book, partner.state_dir)
+            arrays = arrays_to_record(weight_names(model), update.words)
+            sealed = {SEALED: ConfigRecord(update.sealed)}
         else:
             spent = train_privately(model, rows.train, job, context.state, partner.state_dir)
-            arrays = model_arrays(model)
+            arrays, sealed = model_arrays(model), {}
         part = manifest_part(partner.partner_id, job, rows, spent)
         metrics = train_metrics(spent, with_loss=not job.secure)
-        return reply(msg, {ARRAYS: arrays, METRICS: metrics, MANIFEST: part.to_record()})
+        return reply(msg, {ARRAYS: arrays, METRICS: metrics, MANIFEST: part.to_record(), **sealed})
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -91,12 +96,15 @@ def make_client_app(
 
     @client_app.query(REVEAL)
     def reveal_round_keys(msg: Message, context: Context) -> Message:
-        """Secure jobs: this round's mask keys with the partners the server says dropped (``client.masking``)."""
+        """Secure jobs: this round's mask keys with the partners the server says dropped and the opened seed shares of
+        those it says survived (``client.masking``)."""
         job = RoundConfig.from_record(msg.content[CONFIG])
         partner = resolve_partner(context, ledger, data, job, state_root)
         dropped = [str(p) for p in msg.content[REVEAL]["dropped"]]
-        keys = reveal(context.state, partner.partner_id, job.job_id, job.server_round, dropped, partner.state_dir)
-        return reply(msg, {REVEAL: keys})
+        sealed = {str(k): str(v) for k, v in msg.content.config_records.get(SHARES, ConfigRecord()).items()}
+        keys, shares = reveal(context.state, partner.partner_id, job.job_id, job.server_round, dropped, sealed,
+                              partner.state_dir)  # fmt: skip
+        return reply(msg, {REVEAL: keys, SHARES: shares})
 
     return client_app
 

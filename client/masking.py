@@ -3,20 +3,25 @@
 The X25519 key pair is made at preflight and kept in the node's ``Context.state`` for the job; its private half
 never leaves the node. The public half goes to the server in the readiness reply, signed with the partner's ledger
 key (``client.peer_keys``), and a partner masks only with peer keys whose signatures check out against the ledger.
-With a state dir (the partner's ``state-dir``) it is also written to ``<state_dir>/<job_id>.secure-sum.json``
-(mode 0600, with the last round masked, its roster and the peer keys already checked), so a SuperNode that restarts
-mid-job rejoins the job's rounds with the key its peers know. Without one, a restarted node can no longer take part
-in that job (its replies fail, and the survivors' masks with it are removed).
+With a state dir (the partner's ``state-dir``) it is also written to ``<state_dir>/<job_id>.secure-sum.json`` (mode
+0600, with the last round masked and revealed, its roster and the peer keys already checked), so a SuperNode that
+restarts mid-job rejoins the job's rounds with the key its peers know. Without one, a restarted node can no longer
+take part in that job (its replies fail, and the survivors' masks with it are removed).
 
-A reveal (``query.reveal``) hands the server this round's key with partners the server says dropped. It is given
-only for the last round this partner masked, only for peers of that round's roster, never for itself: the server
-cannot collect round keys of other rounds to unmask anything else.
+Every round a partner also draws a fresh self-mask seed, adds its mask and sends the seed's Shamir shares sealed for
+its peers with the masked vector (``MaskedUpdate.sealed``, ``client.secure_sum``).
+
+A reveal (``query.reveal``) answers the server's account of the round: for each peer it says dropped, this round's
+key with that peer; for each peer it says survived, that peer's seed share, opened; every peer of the round's roster
+must be named exactly once. It is given once, only for the last round this partner masked, never about itself: the
+server cannot collect keys or shares of other rounds, nor both a round key and a seed share of one peer.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
@@ -29,11 +34,16 @@ from client.secure_sum import (
     encode,
     masked,
     new_private_key,
+    new_seed,
+    open_share,
     pair_key,
     private_bytes,
     private_key_from,
     public_hex,
     round_key,
+    seal_share,
+    share_threshold,
+    split_seed,
 )
 from client.state_files import job_file, write_json
 
@@ -48,51 +58,82 @@ def masking_key(state: RecordDict, book: KeyBook, partner_id: str, job_id: str, 
     if record is None:
         key = new_private_key()
         record = ConfigRecord({"job-id": job_id, "private-key": private_bytes(key), "round": 0, "peer-ids": [],
-                               "peer-keys": [], "verified": []})  # fmt: skip
+                               "peer-keys": [], "verified": [], "revealed": 0})  # fmt: skip
         state[STATE_KEY] = record
         _persist(record, state_dir)
     return sign_masking_key(book, job_id, partner_id, public_hex(private_key_from(record["private-key"])))
 
 
+@dataclass(frozen=True)
+class MaskedUpdate:
+    """A partner's secure-sum reply: the masked words (the model's shapes) and its self-mask seed's shares sealed for
+    each peer (peer -> hex)."""
+
+    words: list[np.ndarray]
+    sealed: dict[str, str]
+
+
 def mask_update(arrays: Sequence[np.ndarray], partner_id: str, job: RoundConfig, state: RecordDict, book: KeyBook,
-                state_dir: str | None = None) -> list[np.ndarray]:  # fmt: skip
-    """``arrays`` encoded and masked with every peer of the round's roster: uint64 arrays of the same shapes.
-    A peer key its owner did not sign (``client.peer_keys``) is refused before anything is masked."""
+                state_dir: str | None = None) -> MaskedUpdate:  # fmt: skip
+    """``arrays`` encoded and masked with every peer of the round's roster and a fresh self mask: uint64 arrays of
+    the same shapes. A peer key its owner did not sign (``client.peer_keys``) is refused before anything is masked."""
     record = _record(state, job.job_id, state_dir)
     signed = check_roster(job.peer_ids, job.peer_keys, partner_id, at_least=job.noise_partners)
     verified = set(record.get("verified", []))
     peers = verified_roster(book, job.job_id, signed, verified)
     private = private_key_from(record["private-key"])
-    keys = {peer: round_key(pair_key(private, public, job.job_id, partner_id, peer), job.server_round)
-            for peer, public in peers.items()}  # fmt: skip
+    pairs = {peer: pair_key(private, public, job.job_id, partner_id, peer) for peer, public in peers.items()}
+    seed = new_seed()
+    shares = split_seed(seed, list(peers), share_threshold(job.noise_partners))
+    sealed = {peer: seal_share(pairs[peer], job.job_id, job.server_round, partner_id, peer, shares[peer]).hex()
+              for peer in peers}  # fmt: skip
+    keys = {peer: round_key(key, job.server_round) for peer, key in pairs.items()}
     flat = encode(np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]))
-    words = masked(flat, partner_id, keys)
+    words = masked(flat, partner_id, keys, seed)
     record.update({"round": int(job.server_round), "peer-ids": list(peers), "peer-keys": list(peers.values()),
-                   "verified": sorted(verified)})  # fmt: skip
+                   "verified": sorted(verified), "revealed": 0})  # fmt: skip
     _persist(record, state_dir)
     out, start = [], 0
     for a in arrays:
         size = int(np.asarray(a).size)
         out.append(words[start : start + size].reshape(np.asarray(a).shape))
         start += size
-    return out
+    return MaskedUpdate(out, sealed)
 
 
 def reveal(state: RecordDict, partner_id: str, job_id: str, server_round: int, dropped: Sequence[str],
-           state_dir: str | None = None) -> ConfigRecord:  # fmt: skip
-    """This round's keys with the ``dropped`` peers (peer -> hex round key), under the rules of the module doc."""
+           sealed: Mapping[str, str], state_dir: str | None = None) -> tuple[ConfigRecord, ConfigRecord]:  # fmt: skip
+    """This round's pair keys with the ``dropped`` peers (peer -> hex round key) and the opened seed shares the
+    surviving peers sealed for this partner (``sealed``: peer -> hex; out: peer -> hex share), under the rules of
+    the module doc."""
     record = _record(state, job_id, state_dir)
     if int(record.get("round", 0)) != int(server_round):
         raise SecureSumError(f"reveal refused: round {server_round} is not the last round {partner_id} masked "
                              f"({record.get('round', 0)})")  # fmt: skip
+    if int(record.get("revealed", 0)) == int(server_round):
+        raise SecureSumError(f"reveal refused: {partner_id} already answered round {server_round}'s reveal")
     roster = dict(zip(record["peer-ids"], record["peer-keys"]))
-    private = private_key_from(record["private-key"])
-    out = ConfigRecord()
-    for peer in sorted(set(dropped)):
+    named = sorted(set(dropped)) + sorted(sealed)
+    for peer in named:
         if peer == partner_id or peer not in roster:
             raise SecureSumError(f"reveal refused: {peer!r} is not a peer of {partner_id} in round {server_round}")
-        out[peer] = round_key(pair_key(private, roster[peer], job_id, partner_id, peer), server_round).hex()
-    return out
+    if len(named) != len(set(named)) or set(named) != set(roster):
+        twice = sorted(set(dropped) & set(sealed))
+        raise SecureSumError(f"reveal refused: every peer of round {server_round} must be named once, dropped or "
+                             f"survived (both: {twice}, neither: {sorted(set(roster) - set(named))})")  # fmt: skip
+    private = private_key_from(record["private-key"])
+    pairs = {peer: pair_key(private, roster[peer], job_id, partner_id, peer) for peer in roster}
+    keys = ConfigRecord({peer: round_key(pairs[peer], server_round).hex() for peer in sorted(set(dropped))})
+    shares = ConfigRecord()
+    for peer, box in sorted(sealed.items()):
+        try:
+            box_bytes = bytes.fromhex(str(box))
+        except ValueError as exc:
+            raise SecureSumError(f"reveal refused: the seed share from {peer!r} is not hex") from exc
+        shares[peer] = open_share(pairs[peer], job_id, server_round, peer, partner_id, box_bytes).hex()
+    record["revealed"] = int(server_round)  # kept before anything leaves: a second reveal of this round is refused
+    _persist(record, state_dir)
+    return keys, shares
 
 
 def _record(state: RecordDict, job_id: str, state_dir: str | None) -> ConfigRecord:

@@ -19,7 +19,9 @@ CONFIG = "config"
 METRICS = "metrics"
 MANIFEST = "manifest"
 READINESS = "readiness"
-REVEAL = "reveal"  # secure jobs: the query action, and the record, of a dropout's mask keys (client.masking)
+REVEAL = "reveal"  # secure jobs: the query action, and the record, of a round's mask keys (client.masking)
+SEALED = "sealed-shares"  # secure jobs: a train reply's self-mask seed shares sealed for each peer (client.masking)
+SHARES = "seed-shares"  # secure jobs: in a reveal, the sealed shares for this partner, and in its reply, opened
 
 NUM_EXAMPLES = "num-examples"  # the key Flower's strategies weight by
 EPSILON = "epsilon"  # cumulative epsilon this partner has spent in this job, after this round

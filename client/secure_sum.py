@@ -1,7 +1,7 @@
-"""Secure summation of the partners' updates: pairwise masks that cancel in the sum, in fixed point mod 2^64.
+"""Secure summation of the partners' updates: double masks that cancel in the sum, in fixed point mod 2^64.
 
 The server of a ``secure`` job (``server.secure_aggregation``) must learn only the total of the partners' clipped,
-noised gradient sums, never one partner's. As in Bonawitz et al.'s SecAgg (CCS 2017), without its double masking:
+noised gradient sums, never one partner's. As in Bonawitz et al.'s SecAgg (CCS 2017), with its double masking:
 
 * each partner holds an X25519 key pair per job and sends its public key at preflight, signed with its ledger key;
   the server relays the roster's keys in every round;
@@ -9,36 +9,46 @@ noised gradient sums, never one partner's. As in Bonawitz et al.'s SecAgg (CCS 2
   both partner ids; per round, ``round_key = HMAC-SHA256(pair_key, round)`` keys a ChaCha20 keystream of 64-bit words,
   the round's mask for that pair;
 * a vector is encoded in fixed point (``SCALE_BITS`` fractional bits, two's complement in uint64); the partner that
-  sorts first adds the pair's mask, the other subtracts it, all mod 2^64, so the masks cancel in the sum and each
-  masked vector alone is uniformly distributed;
-* a partner that drops out after the roster was sent leaves its pairs' masks in the sum; each survivor reveals its
-  ``round_key`` with the dropped partner (that round only, never the pair key), and the server removes those masks.
+  sorts first adds the pair's mask, the other subtracts it, all mod 2^64, so the masks cancel in the sum;
+* each partner also adds a self mask: the keystream of a fresh 32-byte seed per round. It splits the seed with
+  Shamir's scheme (Flower's ``shamir``, threshold ``share_threshold``) into one share per roster peer, each sealed
+  for its peer (ChaCha20-Poly1305 under a key derived from the pair key, the round and the direction) and sent with
+  the masked vector through the server, which cannot open them;
+* after the round the server asks every survivor, once (``query.reveal``): for a peer it says survived, the
+  survivor opens and hands over its share of that peer's seed; for a peer it says dropped, its ``round_key`` with
+  that peer (that round only, never the pair key). The server rebuilds the survivors' seeds, removes their self
+  masks and the dropped partners' pair masks, and is left with the sum.
 
-Trust model, stated in every secure round manifest: the server is honest-but-curious. The keys it relays are signed
-by their owners' ledger keys and checked by every partner (``client.peer_keys``), so it cannot substitute one. It
-can treat a partner as dropped after receiving its vector, and read that vector in the clear. It does so honestly
-when screening refuses a reply (wrong manifest, wrong shapes): the survivors' reveals then unmask the refused vector
-too. Either way the server sees one partner's noise share only, and every partner adds enough noise that its share
-alone keeps ``epsilon_if_colluding`` (see ``server.secure_aggregation``); rounds whose masks were removed are listed
-in their manifest (``recovered``).
+A partner answers one reveal per round and names each peer either survived or dropped in it, never both. To read one
+partner's vector the server needs every pair mask on it (each peer's round key: "dropped") and its self mask (shares
+from ``share_threshold`` peers: "survived"), which no honest peer gives together: faking a dropout, or refusing a
+reply at screening, leaves the vector under its self mask. Only a server colluding with ``share_threshold`` partners
+can read a vector; every partner adds enough noise that its share alone keeps ``epsilon_if_colluding`` (see
+``server.secure_aggregation``). Rounds whose pair masks were removed are listed in their manifest (``recovered``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 
 SCALE_BITS = 24  # fixed-point resolution 2^-24 ≈ 6e-8, far below the DP noise (std >= ~1 per coordinate)
 # Bounds that keep an honest sum from wrapping: MAX_PARTNERS * MAX_ABS * 2^SCALE_BITS = 2^62 < 2^63.
 MAX_ABS = float(2**30)
 MAX_PARTNERS = 2**8
+SEED_BYTES = 32
+SEALED_SHARE_BYTES = 4 + 48 + 16  # Flower's share of a padded 32-byte seed (index, 3 blocks) and the AEAD tag
 _INFO = b"cohort-secure-sum/v1"
 
 
@@ -81,6 +91,64 @@ def round_key(key: bytes, server_round: int) -> bytes:
     return hmac.new(key, b"round|%d" % int(server_round), hashlib.sha256).digest()
 
 
+def share_key(key: bytes, server_round: int, sender: str, recipient: str) -> bytes:
+    """The key that seals ``sender``'s seed share for ``recipient`` in one round: per direction, so the two shares a
+    pair exchanges are never sealed under one key and nonce; unrelated to the round key a dropout reveals."""
+    return hmac.new(key, b"|".join((b"share", b"%d" % int(server_round), sender.encode(), recipient.encode())),
+                    hashlib.sha256).digest()  # fmt: skip
+
+
+def new_seed() -> bytes:
+    """A fresh self-mask seed (one per partner and round, never reused: it keys a ChaCha20 stream with nonce 0)."""
+    return os.urandom(SEED_BYTES)
+
+
+def share_threshold(noise_partners: int) -> int:
+    """How many shares rebuild a seed: one fewer than the partners every applied round holds (``noise_partners``), so
+    each survivor's seed can be rebuilt from the other survivors' shares, and fewer colluding partners learn nothing."""
+    return max(1, int(noise_partners) - 1)
+
+
+def split_seed(seed: bytes, peers: Sequence[str], threshold: int) -> dict[str, bytes]:
+    """One Shamir share of ``seed`` per peer (peer -> share); any ``threshold`` of them rebuild it."""
+    if not 1 <= threshold <= len(peers):
+        raise SecureSumError(f"cannot split a seed {threshold}-of-{len(peers)}")
+    return dict(zip(sorted(peers), create_shares(seed, threshold, len(peers))))
+
+
+def join_seed(shares: Sequence[bytes], threshold: int, owner: str) -> bytes:
+    """``owner``'s seed from its peers' shares (at least ``threshold``)."""
+    if len(shares) < threshold:
+        raise SecureSumError(f"{len(shares)} share(s) of {owner!r}'s self-mask seed, {threshold} needed")
+    try:
+        seed = combine_shares([bytes(s) for s in shares])
+    except (ValueError, IndexError) as exc:
+        raise SecureSumError(f"the shares of {owner!r}'s self-mask seed do not combine: {exc}") from exc
+    if len(seed) != SEED_BYTES:
+        raise SecureSumError(f"the shares of {owner!r}'s self-mask seed rebuild {len(seed)} bytes, not {SEED_BYTES}")
+    return seed
+
+
+def _share_aad(job_id: str, server_round: int, sender: str, recipient: str) -> bytes:
+    return b"|".join((_INFO, job_id.encode(), b"%d" % int(server_round), sender.encode(), recipient.encode()))
+
+
+def seal_share(key: bytes, job_id: str, server_round: int, sender: str, recipient: str, share: bytes) -> bytes:
+    """``share`` sealed for ``recipient`` (``key``: their pair key); the server relays it unread."""
+    aad = _share_aad(job_id, server_round, sender, recipient)
+    return ChaCha20Poly1305(share_key(key, server_round, sender, recipient)).encrypt(b"\0" * 12, bytes(share), aad)
+
+
+def open_share(key: bytes, job_id: str, server_round: int, sender: str, recipient: str, sealed: bytes) -> bytes:
+    """The share ``sender`` sealed for ``recipient`` in this job and round; anything else is refused."""
+    aad = _share_aad(job_id, server_round, sender, recipient)
+    try:
+        return ChaCha20Poly1305(share_key(key, server_round, sender, recipient)).decrypt(b"\0" * 12, bytes(sealed), aad)
+    except InvalidTag as exc:
+        raise SecureSumError(f"the seed share {sender!r} sealed for {recipient!r} in round {server_round} does not "
+                             "open: altered, or not from this job and round") from exc  # fmt: skip
+
+
 def mask_words(key: bytes, length: int) -> np.ndarray:
     """``length`` uint64 words of ChaCha20 keystream under a round key (nonce 0: each round key is used once)."""
     encryptor = Cipher(algorithms.ChaCha20(key, b"\0" * 16), mode=None).encryptor()
@@ -114,9 +182,12 @@ def _add_mask(words: np.ndarray, key: bytes, sign: int) -> np.ndarray:
     return words + mask if sign > 0 else words - mask
 
 
-def masked(encoded: np.ndarray, me: str, round_keys: Mapping[str, bytes]) -> np.ndarray:
-    """``encoded`` plus ``me``'s signed mask with every peer (``round_keys``: peer -> this round's key), mod 2^64."""
+def masked(encoded: np.ndarray, me: str, round_keys: Mapping[str, bytes], seed: bytes | None = None) -> np.ndarray:
+    """``encoded`` plus ``me``'s signed mask with every peer (``round_keys``: peer -> this round's key) and the self
+    mask of ``seed``, mod 2^64."""
     out = np.array(encoded, dtype=np.uint64, copy=True)
+    if seed is not None:
+        out = _add_mask(out, seed, 1)
     for peer in sorted(round_keys):
         out = _add_mask(out, round_keys[peer], mask_sign(me, peer))
     return out
@@ -145,10 +216,15 @@ def sum_words(vectors: Sequence[np.ndarray]) -> np.ndarray:
     return total
 
 
-def remove_masks(total: np.ndarray, revealed: Mapping[tuple[str, str], bytes]) -> np.ndarray:
-    """``total`` without the masks survivors revealed: ``(survivor, dropped) -> round key``. The survivor's vector
-    in the total carries ``mask_sign(survivor, dropped) * mask``; that is taken off again."""
+def remove_masks(
+    total: np.ndarray, revealed: Mapping[tuple[str, str], bytes], seeds: Sequence[bytes] = ()
+) -> np.ndarray:
+    """``total`` without the survivors' self masks (``seeds``) and the pair masks survivors revealed: ``(survivor,
+    dropped) -> round key``. The survivor's vector in the total carries ``mask_sign(survivor, dropped) * mask``;
+    that is taken off again."""
     out = np.array(total, dtype=np.uint64, copy=True)
+    for seed in seeds:
+        out = _add_mask(out, seed, -1)
     for (survivor, dropped), key in sorted(revealed.items()):
         out = _add_mask(out, key, -mask_sign(survivor, dropped))
     return out

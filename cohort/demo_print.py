@@ -55,6 +55,12 @@ def print_rounds(console: Console, result: JobResult, before: JobResult | None =
     console.print(t)
     eps = ", ".join(f"{k}: {v:.2f}" for k, v in sorted(result.epsilon_by_partner.items()))
     console.print(f"ε spent per partner (max over rounds, δ={result.job.delta:g}): {eps}")
+    trust = result.manifests[-1].aggregation if result.manifests else None
+    if trust:  # a secure job: what its manifests state about the sum
+        console.print(f"Secure sum: noise σ {trust['noise_multiplier']:.2f} in total, "
+                      f"{trust['partner_noise_multiplier']:.2f} from each partner; the server saw double-masked "
+                      f"updates only. Reading one would take the server and {trust['colluders_to_unmask']} colluding "
+                      f"partner(s), and leave that partner's users ε {trust['epsilon_if_colluding']:.1f}")  # fmt: skip
     if before is not None:
         was, now = _eligible_counts(before), _eligible_counts(result)
         change = ", ".join(f"{p} {was.get(p, 0)} → {now[p]}" for p in sorted(now))

@@ -153,7 +153,8 @@ class _Recent(OrderedDict):
 def secure_round_problems(body: dict) -> list[str]:
     """What is wrong with a secure round's DP statement (``aggregation``, server/secure_aggregation.py), from the
     manifest alone: fewer contributing partners than the noise divisor (then the sum carried less than the total
-    noise its ε assumes), a partner reporting another noise multiplier, shares that do not add up to the total."""
+    noise its ε assumes), a partner reporting another noise multiplier, shares that do not add up to the total, a
+    collusion threshold other than the one the seed shares are split with (``noise_partners - 1``, at least 1)."""
     agg = body.get("aggregation")
     if not agg:
         return []
@@ -165,6 +166,10 @@ def secure_round_problems(body: dict) -> list[str]:
         problems.append(f"{where}: secure sum of {len(parts)} partner(s), but each added the noise share of {m}")
     if abs(share * math.sqrt(m) - sigma) > 1e-6 * max(1.0, sigma):
         problems.append(f"{where}: {m} shares of noise multiplier {share:g} do not make the total {sigma:g}")
+    colluders = agg.get("colluders_to_unmask")  # absent from manifests of jobs run before self masks
+    if colluders is not None and int(colluders) != max(1, m - 1):
+        problems.append(f"{where}: states {colluders} colluding partner(s) to unmask a vector, but seed shares of "
+                        f"{m} noise shares are split {max(1, m - 1)}-of-n")  # fmt: skip
     for part in parts:
         if abs(float(part.get("noise_multiplier", sigma)) - sigma) > 1e-9 * max(1.0, sigma):
             problems.append(f"{where}: {part['partner_id']} reports noise multiplier {part['noise_multiplier']}, the "

@@ -2,17 +2,18 @@
 
 A reply is refused when its arrays do not match the global model (names, shapes, a floating dtype; in a secure job
 uint64 words of a masked update), contain NaN or Inf, when ``num-examples`` is not a positive finite number, when
-the reported epsilon is above the job's target, or when its manifest part is missing or does not describe this job,
-this round and this checkpoint. With the preflight's ``partner_of_node``, a reply from a node preflight did not find
-ready is refused too: that node's partner was never checked against the ledger. Replies that carry a Flower error
-(the ClientApp raised, or the node was lost) are counted as failed, not refused.
+the reported epsilon is above the job's target, when its manifest part is missing or does not describe this job,
+this round and this checkpoint, or, in a secure job, when it lacks a sealed seed share for each other partner of the
+round's roster (``client.masking``). With the preflight's ``partner_of_node``, a reply from a node preflight did not
+find ready is refused too: that node's partner was never checked against the ledger. Replies that carry a Flower
+error (the ClientApp raised, or the node was lost) are counted as failed, not refused.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from client.manifest import ManifestPart
 from client.privacy import EPSILON_SLACK
-from client.protocol import ARRAYS, EPSILON, MANIFEST, METRICS, NUM_EXAMPLES
+from client.protocol import ARRAYS, EPSILON, MANIFEST, METRICS, NUM_EXAMPLES, SEALED
+from client.secure_sum import SEALED_SHARE_BYTES
 from consent.entries import MAX_REASON
 from server.job import Job
 
@@ -76,11 +78,13 @@ def screen_train_replies(
     server_round: int,
     partner_of_node: Mapping[int, str] | None = None,
     node_of_message: Mapping[str, int] | None = None,
+    roster: Sequence[str] | None = None,
 ) -> ScreenedReplies:
     """Split replies into accepted updates, refused updates and failures, logging every refusal and failure.
 
     ``node_of_message`` maps the ids of the messages sent to their destination node: an error reply about a lost
-    node comes from the SuperLink itself, so its source is not the partner it is about."""
+    node comes from the SuperLink itself, so its source is not the partner it is about. ``roster``: a secure
+    round's partners, whose seed shares each reply must carry."""
     screened = ScreenedReplies()
     seen_partners: set[str] = set()
     for msg in replies:
@@ -98,6 +102,8 @@ def screen_train_replies(
             _check_identity(part, node_id, job, server_round, partner_of_node or {}, seen_partners)
             _check_arrays(msg.content.array_records, reference, masked=job.aggregation == "secure")
             _check_metrics(msg.content.metric_records, part, job)
+            if roster is not None:
+                _check_sealed(msg, part.partner_id, roster)
         except (UpdateRefused, KeyError, TypeError, ValueError) as exc:
             refusal = Refusal(node_id, partner_id, str(exc) or type(exc).__name__)
             log.warning(
@@ -181,6 +187,24 @@ def _check_arrays(array_records: Mapping[str, ArrayRecord], reference: ArrayShap
         if not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
             raise UpdateRefused(f"{name}: {bad} NaN/Inf value(s)")
+
+
+def _check_sealed(msg: Message, partner_id: str, roster: Sequence[str]) -> None:
+    """A secure reply's self-mask seed shares: one sealed share per other roster partner, of the sealed size. Without
+    them the server could not remove the reply's self mask, and the whole round would be lost."""
+    sealed = msg.content.config_records.get(SEALED)
+    if sealed is None:
+        raise UpdateRefused(f"no {SEALED!r} record: a secure reply carries its seed shares sealed for its peers")
+    peers = set(roster) - {partner_id}
+    if set(sealed.keys()) != peers:
+        raise UpdateRefused(f"sealed seed shares for {sorted(sealed.keys())}, expected one for each of {sorted(peers)}")
+    for peer, box in sealed.items():
+        if not isinstance(box, str) or len(box) != 2 * SEALED_SHARE_BYTES:
+            raise UpdateRefused(f"the seed share sealed for {peer!r} is not {SEALED_SHARE_BYTES} bytes in hex")
+        try:
+            bytes.fromhex(box)
+        except ValueError as exc:
+            raise UpdateRefused(f"the seed share sealed for {peer!r} is not hex") from exc
 
 
 def _check_metrics(metric_records: Mapping[str, MetricRecord], part: ManifestPart, job: Job) -> None:

@@ -10,17 +10,19 @@ Per round, ``SecureSum``:
 
 * adds to the round's config the union's row count, the noise divisor and the roster (partners and the signed X25519
   public keys they gave at preflight, ``client.peer_keys``);
-* adds up the masked uint64 vectors of the accepted replies; for roster partners with no usable reply it asks the
-  survivors for their round keys with them (``query.reveal``) and removes those masks; without every survivor's
-  reveal the round cannot be unmasked and the job stops;
+* adds up the masked uint64 vectors of the accepted replies and asks every survivor, once (``query.reveal``), for
+  its shares of the other survivors' self-mask seeds and its round keys with the roster partners that left no usable
+  reply; rebuilds the seeds and removes all those masks (``client.secure_sum``); without every survivor's reveal
+  the round cannot be unmasked and the job stops;
 * decodes the total and checks it is a sum an honest roster could send (norm within ``C`` per row plus six
   standard deviations of the noise, per coordinate): the server cannot screen one partner's masked vector for
   NaN or size, so a malformed one shows here and stops the job (its author cannot be told apart);
 * divides by the expected batch ``q * N`` and takes an Adam step (cosine-decayed learning rate over the job).
 
-``trust()`` is what every secure round manifest states: the total noise multiplier, each partner's share, and the ε
-a partner's users keep if the server sees that partner's vector alone (server and all other partners colluding,
-or a server that fakes a dropout): that of the share alone, composed over the job.
+``trust()`` is what every secure round manifest states: the total noise multiplier, each partner's share, how many
+partners must collude with the server to read one partner's vector (``colluders_to_unmask``, the seed shares'
+threshold: a server alone cannot, not even by faking a dropout), and the ε a partner's users keep if that happens:
+that of the share alone, composed over the job.
 """
 
 from __future__ import annotations
@@ -36,15 +38,18 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 from client.privacy import epsilon_of, plan_noise
 from client.protocol import arrays_to_record, record_to_arrays
-from client.secure_sum import decode, remove_masks, sum_words
+from client.secure_sum import SecureSumError, decode, join_seed, remove_masks, share_threshold, sum_words
 from models.nets import ChurnLTVNet, get_weights, set_weights, weight_names
 from server.job import Job, JobStopped
 
 log = logging.getLogger(__name__)
 
 NORM_SLACK_SIGMAS = 6.0
-# (survivor partner ids, dropped partner ids) -> {(survivor, dropped): round key}
-Reveal = Callable[[Sequence[str], Sequence[str]], Mapping[tuple[str, str], bytes]]
+Sealed = Mapping[str, Mapping[str, str]]  # sender -> recipient -> hex sealed seed share (client.masking)
+RoundKeys = Mapping[tuple[str, str], bytes]  # (survivor, dropped) -> the pair's round key
+SeedShares = Mapping[tuple[str, str], bytes]  # (holder, owner) -> the holder's opened share of owner's seed
+# (survivors, dropped, recipient -> sender -> sealed share) -> what the survivors revealed
+Reveal = Callable[[Sequence[str], Sequence[str], Sealed], tuple[RoundKeys, SeedShares]]
 
 
 class SecureSumFailed(JobStopped):
@@ -62,6 +67,7 @@ class SecureSum:
         self.union_rows = int(sum(train_rows.values()))
         config = replace(job.round_config(), union_rows=self.union_rows)  # what every partner plans its noise from
         self.noise_partners = config.noise_partners
+        self.threshold = share_threshold(self.noise_partners)
         self.plan = plan_noise(self.union_rows, config)
         self.share = self.plan.noise_multiplier / math.sqrt(self.noise_partners)
         self.epsilon_if_colluding = epsilon_of([(self.share, self.plan.sample_rate, job.rounds)], config)
@@ -84,25 +90,36 @@ class SecureSum:
             "noise_multiplier": self.plan.noise_multiplier,
             "partner_noise_multiplier": self.share,
             "noise_partners": self.noise_partners,
+            "colluders_to_unmask": self.threshold,
             "sample_rate": self.plan.sample_rate,
             "union_rows": self.union_rows,
             "epsilon_if_colluding": self.epsilon_if_colluding,
         }
 
-    def aggregate(self, server_round: int, masked: Mapping[str, ArrayRecord], roster: Sequence[str],
+    def aggregate(self, server_round: int, masked: Mapping[str, ArrayRecord], sealed: Sealed, roster: Sequence[str],
                   reveal: Reveal) -> ArrayRecord:  # fmt: skip
-        """The new global model from the accepted partners' masked vectors (partner -> arrays) of ``roster``."""
+        """The new global model from the accepted partners' masked vectors (partner -> arrays) of ``roster`` and the
+        seed shares each sealed for its peers (``sealed``: partner -> peer -> hex)."""
         survivors = sorted(masked)
         dropped = sorted(set(roster) - set(survivors))
         vectors = [np.concatenate([a.numpy().astype(np.uint64).ravel() for a in masked[p].values()]) for p in survivors]
         total = sum_words(vectors)
+        sealed_for = {r: {s: str(sealed[s][r]) for s in survivors if s != r} for r in survivors}
+        keys, shares = reveal(survivors, dropped, sealed_for)
+        wanted = {(s, d) for s in survivors for d in dropped}
+        if set(keys) != wanted:
+            raise SecureSumFailed(f"job {self.job.job_id} round {server_round}: the sum cannot be unmasked, "
+                                  f"missing mask keys {sorted(wanted - set(keys))}")  # fmt: skip
+        seeds = []
+        for owner in survivors:
+            held = [shares[(h, owner)] for h in survivors if h != owner and (h, owner) in shares]
+            try:
+                seeds.append(join_seed(held, self.threshold, owner))
+            except SecureSumError as exc:
+                raise SecureSumFailed(f"job {self.job.job_id} round {server_round}: the sum cannot be unmasked: "
+                                      f"{exc}") from exc  # fmt: skip
+        total = remove_masks(total, keys, seeds)
         if dropped:
-            keys = reveal(survivors, dropped)
-            wanted = {(s, d) for s in survivors for d in dropped}
-            if set(keys) != wanted:
-                raise SecureSumFailed(f"job {self.job.job_id} round {server_round}: the sum cannot be unmasked, "
-                                      f"missing mask keys {sorted(wanted - set(keys))}")  # fmt: skip
-            total = remove_masks(total, keys)
             self.recovered[server_round] = dropped
             log.warning("round %d: masks of dropped partner(s) %s removed with %d revealed round key(s)",
                         server_round, dropped, len(keys))  # fmt: skip

@@ -14,8 +14,9 @@
   ``partner_evaluate_metrics``): Flower's result holds only the weighted means, the same for every partner;
 * builds the round manifest and hands it to ``on_round``;
 * in a secure job (``secure``, ``server.secure_aggregation``): sends each round's roster and masking keys, adds up the
-  masked sums instead of averaging weights, asks the survivors for their mask keys with partners whose vector is
-  missing (``query.reveal``), and puts the secure sum's trust statement in the manifest.
+  masked sums instead of averaging weights, asks every survivor once for its shares of the other survivors'
+  self-mask seeds and its mask keys with partners whose vector is missing (``query.reveal``), and puts the secure
+  sum's trust statement in the manifest.
 
 ``Strategy.start(..., timeout=job.round_timeout_s)`` is what bounds each round in time: Flower's
 ``grid.send_and_receive`` returns at the timeout with whatever replies arrived.
@@ -31,7 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
-from client.protocol import ARRAYS, CONFIG, EPSILON, METRICS, NUM_EXAMPLES, REVEAL
+from client.protocol import ARRAYS, CONFIG, EPSILON, METRICS, NUM_EXAMPLES, REVEAL, SEALED, SHARES
 from server.job import Job, NotEnoughPartners
 from server.manifests import RoundManifest, round_manifest
 from server.partners import connected_partners, messages_to
@@ -152,8 +153,10 @@ class GuardedStrategy(Strategy):
         replies = list(replies)
         sent = self._sent.pop(server_round, [])
         node_of_message = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in sent}
+        # A secure round's roster: the peer-ids every partner of the round was sent (one config for all).
+        roster = list(sent[0].content[CONFIG]["peer-ids"]) if self.secure is not None and sent else None
         screened = screen_train_replies(
-            replies, self._reference, self.job, server_round, self.partner_of_node, node_of_message
+            replies, self._reference, self.job, server_round, self.partner_of_node, node_of_message, roster
         )
         answered = {replying_node(m, node_of_message) for m in replies}
         missing = [n for n in node_of_message.values() if n not in answered]
@@ -214,32 +217,39 @@ class GuardedStrategy(Strategy):
 
     def _secure_sum(self, server_round: int, accepted: list[AcceptedUpdate], sent: list[Message]) -> ArrayRecord:
         masked = {u.part.partner_id: u.message.content.array_records[ARRAYS] for u in accepted}
+        sealed = {u.part.partner_id: u.message.content.config_records[SEALED] for u in accepted}
         node_of = {u.part.partner_id: u.node_id for u in accepted}
         # The round's config as every roster partner received it (same content in each message): the roster is its
         # peer-ids, and a reveal names the round the survivors masked. Copied: every round is configured on one record.
         config = ConfigRecord(dict(sent[0].content[CONFIG]))
 
-        def reveal(survivors, dropped):
-            """Each survivor's round keys with the dropped partners (``query.reveal``), within the round timeout."""
-            content = RecordDict({CONFIG: config, REVEAL: ConfigRecord({"dropped": list(dropped)})})
-            messages = messages_to([node_of[p] for p in survivors], content, f"{MessageType.QUERY}.{REVEAL}",
-                                   ttl_s=self.job.round_timeout_s)  # fmt: skip
-            keys = {}
+        def reveal(survivors, dropped, sealed_for):
+            """Each survivor's round keys with the dropped partners and its opened shares of the other survivors'
+            seeds (``query.reveal``, one message per survivor), within the round timeout."""
+            messages = [
+                Message(RecordDict({CONFIG: config, REVEAL: ConfigRecord({"dropped": list(dropped)}),
+                                    SHARES: ConfigRecord(dict(sealed_for[p]))}),
+                        dst_node_id=node_of[p], message_type=f"{MessageType.QUERY}.{REVEAL}",
+                        ttl=self.job.round_timeout_s)
+                for p in survivors
+            ]  # fmt: skip
+            keys, shares = {}, {}
             for msg in self._grid.send_and_receive(messages, timeout=self.job.round_timeout_s):
                 partner = self.partner_of_node.get(int(msg.metadata.src_node_id))
                 if msg.has_error() or partner not in survivors:
-                    log.warning("round %d: no mask keys from node %d: %s", server_round, msg.metadata.src_node_id,
+                    log.warning("round %d: no reveal from node %d: %s", server_round, msg.metadata.src_node_id,
                                 msg.error.reason if msg.has_error() else "not a survivor")  # fmt: skip
                     continue
-                record = msg.content.config_records.get(REVEAL, ConfigRecord())
-                for d in dropped:
+                records = msg.content.config_records
+                wanted = [(REVEAL, d, keys) for d in dropped] + [(SHARES, s, shares) for s in sealed_for[partner]]
+                for name, peer, out in wanted:
                     try:
-                        keys[(partner, d)] = bytes.fromhex(str(record[d]))
-                    except (KeyError, ValueError):  # left out: aggregate() then names the key as missing
-                        log.warning("round %d: %s gave no usable mask key with %s", server_round, partner, d)
-            return keys
+                        out[(partner, peer)] = bytes.fromhex(str(records[name][peer]))
+                    except (KeyError, ValueError):  # left out: aggregate() then names what is missing
+                        log.warning("round %d: %s revealed no usable %s for %s", server_round, partner, name, peer)
+            return keys, shares
 
-        return self.secure.aggregate(server_round, masked, list(config["peer-ids"]), reveal)
+        return self.secure.aggregate(server_round, masked, sealed, list(config["peer-ids"]), reveal)
 
     def _trust(self, server_round: int) -> dict | None:
         if self.secure is None:

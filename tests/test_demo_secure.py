@@ -38,6 +38,9 @@ def test_a_secure_demo_runs_the_flow_and_compares_with_the_plain_demos_baselines
         assert not any("train-loss" in m for r in result.partner_train_metrics.values() for m in r.values())
     text = " ".join(console.export_text().split())
     assert "secure sum (distributed DP: one DP-SGD step a round)" in text
+    trust = demo.result.manifests[-1].aggregation
+    assert (f"Reading one would take the server and 1 colluding partner(s), and leave that partner's users ε "
+            f"{trust['epsilon_if_colluding']:.1f}") in text  # min-partners 2: seed shares split 1-of-2
     assert text.count("closed:") == 2 * len(rounds_shown(12))  # one progress line per shown round, per job
     assert f"{len(rounds_shown(12))} of 12 rounds shown" in text
     plain = PLANS["synthetic"]

@@ -1,6 +1,7 @@
 """A secure job (distributed DP over a secure sum) in a real Flower simulation (Ray), with partners that misbehave:
-each round a roster partner whose masked vector is missing has its masks removed with the survivors' revealed round
-keys (``query.reveal`` over the real grid), and the job goes on."""
+each round the survivors' self masks come off with their peers' seed shares, a roster partner whose masked vector is
+missing has its pair masks removed with the survivors' revealed round keys (``query.reveal`` over the real grid),
+and the job goes on."""
 
 from __future__ import annotations
 
