@@ -30,7 +30,7 @@ from client.data import EligibleRows, PartnerData, consenting_count, feature_sch
 from client.eligibility import Ledger
 from client.job_eligibility import job_eligible_set
 from client.manifest import code_hash, manifest_part
-from client.masking import mask_update, masking_key, reveal
+from client.masking import check_next_round, mask_update, masking_key, reveal
 from client.peer_keys import key_book
 from client.partner import Partner, resolve_partner
 from client.privacy import PrivateRound, noise_plan, secure_gradient, spent_so_far, train_privately
@@ -67,6 +67,7 @@ def make_client_app(
         rows = job_rows(partner, job, context)
         model = global_model(msg.content[ARRAYS], rows.n_features, job)
         if job.secure:  # the clipped, noised gradient sum at the global model, masked for the secure sum
+            check_next_round(context.state, job, partner.state_dir)  # before any budget is spent on it
             grads, spent = secure_gradient(model, rows.train, job, context.state, partner.state_dir)
             book = key_book(partner.ledger, partner.partner_id)
             update = mask_update(grads, partner.partner_id, job, context.state, book, partner.state_dir)

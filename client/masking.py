@@ -14,7 +14,8 @@ its peers with the masked vector (``MaskedUpdate.sealed``, ``client.secure_sum``
 A reveal (``query.reveal``) answers the server's account of the round: for each peer it says dropped, this round's
 key with that peer; for each peer it says survived, that peer's seed share, opened; every peer of the round's roster
 must be named exactly once. It is given once, only for the last round this partner masked, never about itself: the
-server cannot collect keys or shares of other rounds, nor both a round key and a seed share of one peer.
+server cannot collect keys or shares of other rounds, nor both a round key and a seed share of one peer. Each
+round is masked once, after the last (``check_next_round``), so one round never has two reveals.
 """
 
 from __future__ import annotations
@@ -73,11 +74,24 @@ class MaskedUpdate:
     sealed: dict[str, str]
 
 
+def check_next_round(state: RecordDict, job: RoundConfig, state_dir: str | None = None) -> ConfigRecord:
+    """This partner's masking record, if ``job.server_round`` comes after the last round it masked. A round is masked
+    once: a second vector for a round would come with a second reveal, and a server could then ask one reveal for
+    a peer's round key and the other for its seed share."""
+    record = _record(state, job.job_id, state_dir)
+    last = int(record.get("round", 0))
+    if int(job.server_round) <= last:
+        raise SecureSumError(f"round {job.server_round} refused: this partner already masked round {last} of job "
+                             f"{job.job_id!r}, and masks each round once")  # fmt: skip
+    return record
+
+
 def mask_update(arrays: Sequence[np.ndarray], partner_id: str, job: RoundConfig, state: RecordDict, book: KeyBook,
                 state_dir: str | None = None) -> MaskedUpdate:  # fmt: skip
     """``arrays`` encoded and masked with every peer of the round's roster and a fresh self mask: uint64 arrays of
-    the same shapes. A peer key its owner did not sign (``client.peer_keys``) is refused before anything is masked."""
-    record = _record(state, job.job_id, state_dir)
+    the same shapes. A peer key its owner did not sign (``client.peer_keys``) is refused before anything is masked,
+    and so is a round that does not come after the last one masked (``check_next_round``)."""
+    record = check_next_round(state, job, state_dir)
     signed = check_roster(job.peer_ids, job.peer_keys, partner_id, at_least=job.noise_partners)
     verified = set(record.get("verified", []))
     peers = verified_roster(book, job.job_id, signed, verified)
@@ -145,12 +159,12 @@ def _record(state: RecordDict, job_id: str, state_dir: str | None) -> ConfigReco
 
 
 def _load(state: RecordDict, job_id: str, state_dir: str | None) -> ConfigRecord | None:
-    record = state.config_records.get(STATE_KEY)
-    if record is not None and record.get("job-id") == job_id:
-        return record
+    """The state dir's record when there is one: every change is written there, and a late actor of this partner
+    (Flower's simulation) may hold an older ``Context.state``; else the node state's."""
     path = job_file(state_dir, job_id, KIND) if state_dir else None
     if path is None or not path.exists():
-        return None
+        record = state.config_records.get(STATE_KEY)
+        return record if record is not None and record.get("job-id") == job_id else None
     saved = json.loads(path.read_text())
     record = ConfigRecord({**saved, "private-key": bytes.fromhex(saved["private-key"])})
     state[STATE_KEY] = record

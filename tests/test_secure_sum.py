@@ -5,6 +5,7 @@ of a secure job is in test_federated_secure.py)."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -285,6 +286,9 @@ def test_a_partner_reveals_once_a_round_only_the_last_rounds_keys_and_shares_of_
     assert set(keys) == {"c"} and set(shares) == {"b"}
     with pytest.raises(SecureSumError, match="already answered round 2"):
         reveal(states["a"], "a", job.job_id, 2, ["b", "c"], {})
+    for again in (2, 1):  # a second vector for round 2 (and its reveal, this time "b survived") is not to be had
+        with pytest.raises(SecureSumError, match=f"round {again} refused: this partner already masked round 2"):
+            mask_update(_gradients(0), "a", _round(server, job, again), states["a"], BOOK)
     with pytest.raises(SecureSumError, match="not in this round's roster"):
         mask_update(_gradients(0), "a", _round(server, job, 3, roster=("b", "c")), states["a"], BOOK)
     with pytest.raises(SecureSumError, match="cannot carry the noise of 2 shares"):  # each adds 1/sqrt(2) of it
@@ -349,6 +353,10 @@ def test_a_restarted_partner_keeps_its_masking_key_from_its_state_dir(tmp_path):
     with pytest.raises(SecureSumError, match="already answered round 1"):  # the reveal is kept in the state dir too
         reveal(RecordDict(), "a", job.job_id, 1, ["b", "c"], {}, state_dir)
     key_file = tmp_path / "a" / f"{job.job_id}.secure-sum.json"
+    stale = json.loads(key_file.read_text()) | {"round": 0, "revealed": 0}  # an actor of "a" with the node state
+    late = RecordDict({"secure-sum": ConfigRecord(stale | {"private-key": bytes.fromhex(stale["private-key"])})})
+    with pytest.raises(SecureSumError, match="round 1 refused"):  # from before round 1: the state dir decides
+        mask_update(_gradients(0), "a", _round(server, job, 1), late, BOOK, state_dir)
     assert key_file.stat().st_mode & 0o077 == 0  # the private key is readable by the partner's user only
 
 
