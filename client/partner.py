@@ -7,11 +7,15 @@ configured, see ``server.embedded``; simulated SuperNodes share the ServerApp's 
 
 Node config keys: ``partner-id`` (else ``partition-id`` indexes the partner list), ``ledger-url``, ``state-dir``
 (where the partner keeps its privacy spend across SuperNode restarts).
-Run config keys: ``ledger-url``, ``partners`` (comma-separated), ``users-per-platform``, ``data-seed``.
+Run config keys: ``ledger-url``, ``state-root`` (``<state-root>/<partner_id>`` for nodes without a ``state-dir``),
+``partners`` (comma-separated), ``users-per-platform``, ``data-seed``.
 
 A partner with no ``state-dir`` that takes the ServerApp's embedded ledger file (a bare ``flwr run .``: a local
 simulation sharing the ServerApp's filesystem) keeps its spend in ``<ledger dir>/partner-state/<partner_id>``: in
-simulation a late reply's steps are only counted when the spend is in a file (``client.privacy``).
+simulation a late reply's steps are only counted when the spend is in a file (``client.privacy``). Any other node
+that opens its ledger from the config (a deployed SuperNode) needs a ``state-dir`` or a run config ``state-root``,
+or it takes no part (``NoDurableState``): its spend would live only in ``Context.state``, and after a restart it
+would train on as if it had spent nothing, its users' ε under-counted in the ledger.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ from client.state_files import safe_name
 
 
 PARTNER_STATE_DIR = "partner-state"
+
+
+class NoDurableState(RuntimeError):
+    """A deployed partner with nowhere to keep its privacy spend across restarts."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +60,13 @@ def resolve_partner(
     partner_id = partner_id_of(context, data)
     state_dir = str(context.node_config.get("state-dir", "")) or None
     if state_dir is None:
-        root = state_root or embedded_state_root(context, job)
+        root = state_root or str(context.run_config.get("state-root", "")) or embedded_state_root(context, job)
         state_dir = str(Path(root) / safe_name(partner_id)) if root else None
+    if state_dir is None and ledger is None:  # a deployed node: its spend must survive a restart
+        raise NoDurableState(f"partner {partner_id!r} has no state dir: its privacy spend in a job (and a secure job's "
+                             "masking key) would be lost if this SuperNode restarted, and its users' ε under-counted; "
+                             "start the SuperNode with --node-config \"state-dir='/path'\" (or run with --run-config "
+                             "\"state-root='/path'\")")  # fmt: skip
     return Partner(
         partner_id=partner_id,
         ledger=ledger or ledger_from_config(context, job),

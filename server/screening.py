@@ -79,12 +79,14 @@ def screen_train_replies(
     partner_of_node: Mapping[int, str] | None = None,
     node_of_message: Mapping[str, int] | None = None,
     roster: Sequence[str] | None = None,
+    spent: Mapping[str, float] | None = None,
 ) -> ScreenedReplies:
     """Split replies into accepted updates, refused updates and failures, logging every refusal and failure.
 
     ``node_of_message`` maps the ids of the messages sent to their destination node: an error reply about a lost
     node comes from the SuperLink itself, so its source is not the partner it is about. ``roster``: a secure
-    round's partners, whose seed shares each reply must carry."""
+    round's partners, whose seed shares each reply must carry. ``spent``: the ε each partner reported in earlier
+    rounds of the job; a partner reporting less has lost track of its spend, and its update is refused."""
     screened = ScreenedReplies()
     seen_partners: set[str] = set()
     for msg in replies:
@@ -102,6 +104,7 @@ def screen_train_replies(
             _check_identity(part, node_id, job, server_round, partner_of_node or {}, seen_partners)
             _check_arrays(msg.content.array_records, reference, masked=job.aggregation == "secure")
             _check_metrics(msg.content.metric_records, part, job)
+            _check_spend_kept(part, (spent or {}).get(part.partner_id, 0.0))
             if roster is not None:
                 _check_sealed(msg, part.partner_id, roster)
         except (UpdateRefused, KeyError, TypeError, ValueError) as exc:
@@ -187,6 +190,14 @@ def _check_arrays(array_records: Mapping[str, ArrayRecord], reference: ArrayShap
         if not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
             raise UpdateRefused(f"{name}: {bad} NaN/Inf value(s)")
+
+
+def _check_spend_kept(part: ManifestPart, before: float) -> None:
+    """ε is cumulative over the job: a partner reporting less than before has lost its spend (a SuperNode restarted
+    without its state dir) and would go on as if its users had spent nothing."""
+    if part.epsilon < before - 1e-9:
+        raise UpdateRefused(f"epsilon {part.epsilon:.4f} is below the {before:.4f} this partner reported in an earlier "
+                            "round: it lost track of its privacy spend, and its updates are not used in this job")  # fmt: skip
 
 
 def _check_sealed(msg: Message, partner_id: str, roster: Sequence[str]) -> None:

@@ -119,6 +119,7 @@ class GuardedStrategy(Strategy):
         self._global: dict[int, ArrayRecord] = {}
         self._reference: ArrayShapes = {}
         self._grid: Grid | None = None  # secure jobs: the grid the survivors' mask keys are asked over
+        self._spent: dict[str, float] = {}  # partner -> the most ε it reported in an accepted update of this job
 
     def summary(self) -> None:
         log.info(
@@ -156,7 +157,8 @@ class GuardedStrategy(Strategy):
         # A secure round's roster: the peer-ids every partner of the round was sent (one config for all).
         roster = list(sent[0].content[CONFIG]["peer-ids"]) if self.secure is not None and sent else None
         screened = screen_train_replies(
-            replies, self._reference, self.job, server_round, self.partner_of_node, node_of_message, roster
+            replies, self._reference, self.job, server_round, self.partner_of_node, node_of_message, roster,
+            self._spent,
         )
         answered = {replying_node(m, node_of_message) for m in replies}
         missing = [n for n in node_of_message.values() if n not in answered]
@@ -176,6 +178,8 @@ class GuardedStrategy(Strategy):
                 f"failed: {[r.to_dict() for r in screened.failed]}, no answer from nodes {missing})"
             )
         parts = [u.part for u in accepted]
+        for part in parts:
+            self._spent[part.partner_id] = max(self._spent.get(part.partner_id, 0.0), part.epsilon)
         if self.secure is not None:
             arrays = self._secure_sum(server_round, accepted, sent)
             metrics = aggregate_train_metrics([u.message.content for u in accepted], NUM_EXAMPLES)

@@ -136,6 +136,20 @@ def test_screening_accepts_honest_updates_and_refuses_poisoned_ones(round_one):
     assert "server_round" in wrong_round.refused[0].reason
 
 
+def test_screening_refuses_a_partner_whose_reported_spend_went_down(round_one):
+    """ε is cumulative over a job: less than an earlier round's report means the partner lost its spend (a SuperNode
+    restarted without its state dir) and would train on as if its users had spent nothing."""
+    the_job, arrays, _, replies = round_one
+    reported = {ManifestPart.from_record(r.content[MANIFEST]).partner_id: ManifestPart.from_record(
+        r.content[MANIFEST]).epsilon for r in replies}  # fmt: skip
+    earlier = {"content": reported["content"] + 0.5, "group_buy": reported["group_buy"]}
+    screened = screen_train_replies(replies, shapes_of(arrays), the_job, 1, spent=earlier)
+    assert sorted(u.part.partner_id for u in screened.accepted) == ["group_buy", "loyal"]
+    [refusal] = screened.refused
+    assert refusal.partner_id == "content" and f"below the {earlier['content']:.4f} this partner reported" in \
+        refusal.reason
+
+
 @pytest.mark.parametrize("name", ["fedavg", "fedmedian", "fedtrimmedavg", "krum"])
 def test_every_selectable_strategy_aggregates_cohort_replies(round_one, name):
     the_job, arrays, _, replies = round_one

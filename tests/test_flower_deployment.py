@@ -198,7 +198,8 @@ def test_flwr_run_against_a_simulation_superlink(tmp_path):
         started = time.monotonic()
         run = flwr(
             env, "run", ".", "sim", "--stream", "--run-config",
-            f"{RUN_CONFIG} num-rounds=2 ledger-url='{write_ledger(tmp_path)}' output-dir='{out}'",
+            f"{RUN_CONFIG} num-rounds=2 ledger-url='{write_ledger(tmp_path)}' output-dir='{out}' "
+            f"state-root='{tmp_path / 'partner-state'}'",
             timeout_s=240,
         )  # fmt: skip
         elapsed = time.monotonic() - started
@@ -209,6 +210,8 @@ def test_flwr_run_against_a_simulation_superlink(tmp_path):
     result = read_result(out)
     assert result["rounds_completed"] == 2
     assert sorted(result["epsilon_by_partner"]) == sorted(DATA.partners)
+    # simulated SuperNodes name no state-dir: with a configured ledger they keep their spend under state-root
+    assert sorted(p.name for p in (tmp_path / "partner-state").iterdir()) == sorted(DATA.partners)
 
 
 class Federation:

@@ -22,7 +22,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from client.data import load_eligible_rows
-from client.partner import ledger_from_config, resolve_partner
+from client.partner import NoDurableState, ledger_from_config, resolve_partner
 from client.protocol import RoundConfig
 from consent.entries import make_entry
 from consent.ledger import LedgerReader
@@ -94,6 +94,10 @@ def test_one_partner_per_supernode_and_the_partners_learn_the_ledger_from_the_ro
         own = simulated_node(run, partition_id=0, num_partitions=2, **{"ledger-url": "py:no_such_module:open"})
         with pytest.raises(ModuleNotFoundError, match="no_such_module"):
             ledger_from_config(own, wire)
+        # Such a node keeps its spend only where it says: without a state-dir it takes no part at all.
+        with pytest.raises(NoDurableState, match="partner 'content' has no state dir: .* under-counted; start the "
+                                                 "SuperNode with --node-config \"state-dir='/path'\""):  # fmt: skip
+            resolve_partner(own, job=wire)
     finally:
         embedded.binding.ledger.close()
 
