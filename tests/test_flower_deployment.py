@@ -393,7 +393,8 @@ def test_deployment_killed_supernode_round_closes_at_timeout_and_job_finishes(tm
 def test_deployment_secure_job_survives_a_killed_supernode(tmp_path):
     """A secure job (masked sums, distributed DP) on the real SuperLink: one SuperNode is SIGKILLed after it received
     round 2's message. The round it is missing from closes at the timeout, the survivors reveal their mask keys with
-    it over the SuperLink (``query.reveal``), the server removes those masks, and the job finishes on the others."""
+    it and each other's seed shares over the SuperLink (``query.reveal``), the server removes those masks, and the
+    job finishes on the others."""
     result, _ = run_killing_loyal_in_round_two(tmp_path, "aggregation='secure' lr=0.01")
     rounds = {m["round"]: m for m in result["manifests"]}
     assert sorted(rounds) == [1, 2, 3]
@@ -412,4 +413,5 @@ def test_deployment_secure_job_survives_a_killed_supernode(tmp_path):
         assert not partners & dropped and partners | dropped <= set(DATA.partners)
         assert ("loyal" in partners) == (r < first_miss)
         assert m["aggregation"]["mode"] == "secure" and m["aggregation"]["noise_partners"] == 2
+        assert m["aggregation"]["colluders_to_unmask"] == 1  # seed shares split 1-of-2: the server alone reads none
     assert all(0 < eps <= 3.0 for eps in result["epsilon_by_partner"].values())
