@@ -1,6 +1,6 @@
 """The demo's closing table: the federated DP model against what each partner could do alone, and a pooled
 centralized model (the ceiling no partner could build without sharing raw data), on each partner's held-out
-eligible users.
+eligible users (with synthetic platforms, on a larger fresh sample of each platform's users: ``evaluation``).
 
 The federated model appears twice: as published, and as a partner serves it, with the partner's own spend
 calibration (``models.calibration``) fitted on its training rows. One global model gets each non-IID partner's
@@ -9,11 +9,13 @@ never leaves the partner, so it costs the shared model no privacy budget."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
 from client.consent_link import ConsentLink
-from client.data import EligibleRows, load_eligible_rows
+from client.data import EligibleRows, FeatureRows, load_eligible_rows
 from client.protocol import lr_decays, record_to_arrays
 from models.calibration import SpendCalibration
 from models.metrics import evaluate
@@ -43,11 +45,12 @@ def _fresh(job, n_features: int, seed: int) -> ChurnLTVNet:
     return ChurnLTVNet(n_features, hidden=job.hidden, ltv_loc_init=job.ltv_loc_init)
 
 
-def comparison(result: JobResult, rows: dict[str, EligibleRows], epochs: int = 12, recipe: Job | None = None
-               ) -> list[dict]:  # fmt: skip
-    """One row per (partner, model): churn AUC, LTV Gini, decile MAPE on that partner's evaluation users. The
-    local-only and centralized models train ``epochs`` epochs with ``recipe``'s batch, lr, schedule and clipping
-    (default: the job's) at the job's ε."""
+def comparison(result: JobResult, rows: dict[str, EligibleRows], epochs: int = 12, recipe: Job | None = None,
+               evaluation: Mapping[str, FeatureRows] | None = None) -> list[dict]:  # fmt: skip
+    """One row per (partner, model): churn AUC, LTV Gini, decile MAPE on that partner's evaluation users (or on
+    ``evaluation[partner]``: other users of the partner, e.g. a larger synthetic sample). The local-only and
+    centralized models train ``epochs`` epochs with ``recipe``'s batch, lr, schedule and clipping (default: the
+    job's) at the job's ε."""
     job = recipe or result.job
     n_features = next(iter(rows.values())).n_features
     fed = federated_model(result, n_features)
@@ -65,12 +68,13 @@ def comparison(result: JobResult, rows: dict[str, EligibleRows], epochs: int = 1
         train(local, r.train.X, r.train.churn, r.train.ltv, epochs=epochs, batch_size=job.batch_size, lr=job.lr,
               lr_decay=decay, dp=dp, seed=2)  # fmt: skip
         served = SpendCalibration.for_partner(predict(fed, r.train.X)[1], r.train.ltv)
-        scores = {model: predict(model, r.evaluation.X) for model in (fed, local, central)}
+        held_out = (evaluation or {}).get(partner, r.evaluation)
+        scores = {model: predict(model, held_out.X) for model in (fed, local, central)}
         for name, model, calibration in (("federated, DP", fed, None), (CALIBRATED, fed, served),
                                          ("local only, DP", local, None), ("centralized, no DP", central, None)):
             churn_prob, ltv_pred = scores[model]
             if calibration is not None:
                 ltv_pred = calibration.apply(ltv_pred)
-            m = evaluate(r.evaluation.churn, churn_prob, r.evaluation.ltv, ltv_pred)
-            out.append({"partner": partner, "model": name, "n": len(r.evaluation.churn), **m})
+            m = evaluate(held_out.churn, churn_prob, held_out.ltv, ltv_pred)
+            out.append({"partner": partner, "model": name, "n": len(held_out.churn), **m})
     return out

@@ -27,6 +27,9 @@ from server.runner import JobResult
 
 LIFETIME_EPSILON = 10.0
 DATA_SETS = ("synthetic", "cdnow")
+# The closing table's population on synthetic platforms (``evaluation_users``): ~0.3 s a platform to generate.
+EVALUATION_USERS = 5000
+EVALUATION_SEED_OFFSET = 1000
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,22 @@ def demo_source(data: str, users_per_platform: int, seed: int) -> tuple[PartnerD
     raise ValueError(f"unknown demo data {data!r}; expected one of {', '.join(DATA_SETS)}")
 
 
+def evaluation_users(source: PartnerData, categories) -> dict | None:
+    """Synthetic platforms: ``EVALUATION_USERS`` new users of each platform (the same generator under another seed,
+    never in the ledger) on which the closing table scores every model: a partner's ~200 held-out eligible users
+    move a Gini by several hundredths between runs (docs/benchmarks.md). CDNOW has no more customers: None."""
+    if not isinstance(source, SyntheticPlatforms):
+        return None
+    fresh = replace(source, users_per_platform=EVALUATION_USERS, seed=source.seed + EVALUATION_SEED_OFFSET)
+    return {p: fresh.features(p, tuple(categories)) for p in source.partners}
+
+
+def _population(fresh: dict | None) -> str:
+    if fresh is None:
+        return "Held-out eligible users of each partner"
+    return f"{EVALUATION_USERS:,} new users of each platform (same generator, another seed; not in the ledger)"
+
+
 def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: int | None = None,
              epsilon: float = 3.0, seed: int = 7, console: Console | None = None, data: str = "synthetic",
              plan: TrainingPlan | None = None, aggregation: str = "plain") -> DemoResult:  # fmt: skip
@@ -136,8 +155,9 @@ def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: in
         recipe = replace(second.job, batch_size=base.batch_size, lr=base.lr, lr_schedule=base.lr_schedule,
                          max_grad_norm=base.max_grad_norm)  # fmt: skip
         epochs = base.rounds * base.local_epochs
-        table = comparison(second, rows, epochs=epochs, recipe=recipe)
-    print_comparison(console, table, second.job, recipe, epochs)
+        fresh = evaluation_users(source, second.job.categories)
+        table = comparison(second, rows, epochs=epochs, recipe=recipe, evaluation=fresh)
+    print_comparison(console, table, second.job, recipe, epochs, population=_population(fresh))
 
     model_path = second.save(out / "model")
     audit = audit_rounds(world.ledger.store)

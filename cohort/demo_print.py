@@ -67,15 +67,17 @@ def print_rounds(console: Console, result: JobResult, before: JobResult | None =
         console.print(f"Eligible subjects, job 1 → job 2 (fixed at a new checkpoint): {change}")
 
 
-def print_comparison(console: Console, rows: list[dict], job: Job, recipe: Job, epochs: int) -> None:
-    """``recipe``: how the local-only and centralized models trained (``epochs`` epochs)."""
+def print_comparison(console: Console, rows: list[dict], job: Job, recipe: Job, epochs: int,
+                     population: str = "Held-out eligible users of each partner") -> None:  # fmt: skip
+    """``recipe``: how the local-only and centralized models trained (``epochs`` epochs); ``population``: whom the
+    table scores them on."""
     if job.aggregation == "secure":
         how = (f"Federated: {job.rounds} secure rounds, one DP-SGD step each (union batch {job.batch_size}, server "
                f"lr {job.lr:g}, clip {job.max_grad_norm:g}); the others train as in the plain demo: {epochs} epochs")
     else:
         how = (f"Same training budget for every model: {epochs} epochs (federated: {job.rounds} rounds × "
                f"{job.local_epochs} local)")  # fmt: skip
-    t = Table(title=f"Held-out eligible users of each partner. {how}, batch {recipe.batch_size}, lr {recipe.lr:g} "
+    t = Table(title=f"{population}. {how}, batch {recipe.batch_size}, lr {recipe.lr:g} "
                     f"({recipe.lr_schedule}); DP models ε={job.target_epsilon:g} per partner (clip "
                     f"{recipe.max_grad_norm:g}); centralized: all partners' rows pooled, no DP")  # fmt: skip
     for col in ("partner", "model", "users", "churn AUC", "LTV Gini", "decile MAPE"):

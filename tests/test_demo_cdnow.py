@@ -7,7 +7,7 @@ import pytest
 from rich.console import Console
 
 from client.cdnow import CDNOWPartners
-from cohort.demo import run_demo
+from cohort.demo import evaluation_users, run_demo
 from cohort.demo_world import CDNOW_CATEGORIES
 
 pytestmark = pytest.mark.slow
@@ -35,4 +35,7 @@ def test_cdnow_demo_trains_audits_and_proves_the_withdrawals(tmp_path):
     assert demo.rights.subjects > 3 * 100  # 5% of each partner's ~6,000 consenting customers, plus one erasure
     assert tuple(demo.result.job.categories) == CDNOW_CATEGORIES
     assert {r["partner"] for r in demo.comparison} == {"A", "B", "C"}
+    # CDNOW has no other customers: the table scores each partner's held-out eligible customers, as in the product
+    assert evaluation_users(CDNOWPartners(by="cohort", test_fold=None), CDNOW_CATEGORIES) is None
+    assert all(500 < r["n"] < 0.2 * 23570 for r in demo.comparison)
     assert all(0.5 < r["churn_auc"] <= 1.0 for r in demo.comparison if r["model"] == "federated, DP")

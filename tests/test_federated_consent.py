@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import re
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -16,7 +17,7 @@ from client.data import SyntheticPlatforms, _is_evaluation
 from client.manifest import data_hash
 from client.data import load_eligible_rows
 from cohort.compare import CALIBRATED
-from cohort.demo import run_demo
+from cohort.demo import EVALUATION_USERS, evaluation_users, run_demo
 from cohort.demo_world import CATEGORIES, PURPOSE
 from consent.audit import audit_rounds
 from consent.eligibility import prove_absent, verify_absent
@@ -39,6 +40,13 @@ def test_demo_runs_audits_and_verifies(demo):
     assert all(0 < eps <= 3.0 + 1e-6 for eps in demo.result.epsilon_by_partner.values())
     assert {r["model"] for r in demo.comparison} == {"federated, DP", CALIBRATED, "local only, DP",
                                                      "centralized, no DP"}
+    # scored on a fresh sample of each platform (another seed of the generator), not on ~100 held-out users
+    assert {int(r["n"]) for r in demo.comparison} == {EVALUATION_USERS}
+    fresh = evaluation_users(SyntheticPlatforms(users_per_platform=500, seed=3), CATEGORIES)
+    own = SyntheticPlatforms(users_per_platform=500, seed=3).features("loyal", tuple(sorted(CATEGORIES)))
+    assert fresh["loyal"].X.shape == (EVALUATION_USERS, own.X.shape[1]) and tuple(fresh["loyal"].feature_names) == \
+        tuple(own.feature_names)
+    assert not np.allclose(fresh["loyal"].X[:500], own.X)  # other users of the same platform
     assert verify_ledger(str(demo.out / "ledger.db"), workers=0).ok
 
 
