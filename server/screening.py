@@ -197,7 +197,8 @@ def _check_spend_kept(part: ManifestPart, before: float) -> None:
     without its state dir) and would go on as if its users had spent nothing."""
     if part.epsilon < before - 1e-9:
         raise UpdateRefused(f"epsilon {part.epsilon:.4f} is below the {before:.4f} this partner reported in an earlier "
-                            "round: it lost track of its privacy spend, and its updates are not used in this job")  # fmt: skip
+                            "round: it lost track of its privacy spend, and its updates are not used in this "
+                            "job")  # fmt: skip
 
 
 def _check_sealed(msg: Message, partner_id: str, roster: Sequence[str]) -> None:

@@ -181,7 +181,7 @@ class GuardedStrategy(Strategy):
         for part in parts:
             self._spent[part.partner_id] = max(self._spent.get(part.partner_id, 0.0), part.epsilon)
         if self.secure is not None:
-            arrays = self._secure_sum(server_round, accepted, sent)
+            arrays = self._secure_sum(server_round, accepted, sent, roster)
             metrics = aggregate_train_metrics([u.message.content for u in accepted], NUM_EXAMPLES)
         else:
             arrays, metrics = self.inner.aggregate_train(server_round, [u.message for u in accepted])
@@ -219,12 +219,13 @@ class GuardedStrategy(Strategy):
             self.on_round(manifest)
         return arrays, metrics
 
-    def _secure_sum(self, server_round: int, accepted: list[AcceptedUpdate], sent: list[Message]) -> ArrayRecord:
+    def _secure_sum(self, server_round: int, accepted: list[AcceptedUpdate], sent: list[Message],
+                    roster: list[str]) -> ArrayRecord:  # fmt: skip
         masked = {u.part.partner_id: u.message.content.array_records[ARRAYS] for u in accepted}
         sealed = {u.part.partner_id: u.message.content.config_records[SEALED] for u in accepted}
         node_of = {u.part.partner_id: u.node_id for u in accepted}
-        # The round's config as every roster partner received it (same content in each message): the roster is its
-        # peer-ids, and a reveal names the round the survivors masked. Copied: every round is configured on one record.
+        # The round's config as every roster partner received it (same content in each message; ``roster`` is its
+        # peer-ids): a reveal names the round the survivors masked. Copied: every round is configured on one record.
         config = ConfigRecord(dict(sent[0].content[CONFIG]))
 
         def reveal(survivors, dropped, sealed_for):
@@ -253,7 +254,7 @@ class GuardedStrategy(Strategy):
                         log.warning("round %d: %s revealed no usable %s for %s", server_round, partner, name, peer)
             return keys, shares
 
-        return self.secure.aggregate(server_round, masked, sealed, list(config["peer-ids"]), reveal)
+        return self.secure.aggregate(server_round, masked, sealed, roster, reveal)
 
     def _trust(self, server_round: int) -> dict | None:
         if self.secure is None:
