@@ -16,7 +16,7 @@ from rich.console import Console
 
 from client.consent_link import LinkByURL, link_url, open_link
 from client.data import PartnerData, SyntheticPlatforms
-from cohort.demo_print import print_comparison, print_consents, print_rights, print_rounds, rounds_shown
+from cohort.demo_print import print_comparison, print_consents, print_rights, print_rounds, rounds_shown, shown_every
 from cohort.demo_rights import RightsEvidence, rights_evidence
 from cohort.demo_world import CATEGORIES, CDNOW_CATEGORIES, PURPOSE, build_world, exercise_rights, record_consents
 from consent.audit import audit_rounds
@@ -135,7 +135,8 @@ def run_demo(out: Path | None = None, users_per_platform: int = 1500, rounds: in
         return Job(job_id=f"demo-{stamp}-job{n}", purpose=PURPOSE, categories=categories, rounds=rounds,
                    target_epsilon=epsilon, min_partners=2, round_timeout_s=120.0, local_epochs=plan.local_epochs,
                    batch_size=plan.batch_size, lr=plan.lr, lr_schedule=plan.lr_schedule,
-                   max_grad_norm=plan.max_grad_norm, seed=seed, aggregation=aggregation)  # fmt: skip
+                   max_grad_norm=plan.max_grad_norm, seed=seed, aggregation=aggregation,
+                   evaluate_every=shown_every(rounds))  # fmt: skip
 
     first = _train(console, job(1), binding, url, source, "job 1")
     print_rounds(console, first)

@@ -21,15 +21,21 @@ def print_consents(console: Console, world) -> None:
     console.print(t)
 
 
-SHOWN_ROUNDS = 6  # a job of more rounds (a secure one: hundreds) shows its first, last and evenly spaced ones
+SHOWN_ROUNDS = 6  # a job of more rounds (a secure one: hundreds) shows and evaluates ~this many, evenly spaced
+
+
+def shown_every(rounds: int) -> int:
+    """How often the demo shows (and has the partners evaluate) a round: every round of a short job, of a long one
+    every ``ceil(rounds / SHOWN_ROUNDS)``-th. Federated evaluation is most of a one-step round's time, and a round
+    the demo does not show would be evaluated for nothing."""
+    return 1 if rounds <= SHOWN_ROUNDS else -(-rounds // SHOWN_ROUNDS)
 
 
 def rounds_shown(rounds: int) -> list[int]:
-    """The rounds the demo prints: all of a short job; of a long one the first, the last and ~SHOWN_ROUNDS between."""
-    if rounds <= SHOWN_ROUNDS:
-        return list(range(1, rounds + 1))
-    step = -(-rounds // (SHOWN_ROUNDS - 1))
-    return sorted({1, rounds, *range(step, rounds, step)})
+    """The rounds the demo prints, exactly those a job of ``evaluate_every=shown_every(rounds)`` evaluates: every
+    ``shown_every``-th and the last."""
+    step = shown_every(rounds)
+    return sorted({rounds, *range(step, rounds, step)})
 
 
 def print_rounds(console: Console, result: JobResult, before: JobResult | None = None) -> None:

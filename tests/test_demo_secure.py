@@ -10,15 +10,16 @@ import pytest
 from rich.console import Console
 
 from cohort.demo import PLANS, run_demo
-from cohort.demo_print import rounds_shown
+from cohort.demo_print import rounds_shown, shown_every
 from consent.store.log import LedgerStore
 
 
-def test_a_long_job_shows_its_first_last_and_evenly_spaced_rounds():
-    assert rounds_shown(3) == [1, 2, 3]
-    assert rounds_shown(60) == [1, 12, 24, 36, 48, 60]
+def test_a_long_job_shows_and_evaluates_evenly_spaced_rounds_and_its_last():
+    assert rounds_shown(3) == [1, 2, 3] and shown_every(3) == 1
+    assert rounds_shown(60) == [10, 20, 30, 40, 50, 60] and shown_every(60) == 10
+    assert rounds_shown(13) == [3, 6, 9, 12, 13]  # the last round is always shown, as the job always evaluates it
     many = rounds_shown(600)
-    assert many[0] == 1 and many[-1] == 600 and len(many) <= 7 and many == sorted(set(many))
+    assert many[-1] == 600 and len(many) <= 6 and many == sorted(set(many))
 
 
 @pytest.mark.slow
@@ -36,6 +37,8 @@ def test_a_secure_demo_runs_the_flow_and_compares_with_the_plain_demos_baselines
         spent = result.epsilon_by_partner
         assert len(spent) == 3 and 0.9 * 3.0 < min(spent.values()) <= max(spent.values()) <= 3.0 + 1e-6
         assert not any("train-loss" in m for r in result.partner_train_metrics.values() for m in r.values())
+        # the partners evaluated the rounds the demo shows, and no other
+        assert sorted(result.partner_evaluate_metrics) == rounds_shown(12) == [2, 4, 6, 8, 10, 12]
     text = " ".join(console.export_text().split())
     assert "secure sum (distributed DP: one DP-SGD step a round)" in text
     trust = demo.result.manifests[-1].aggregation
