@@ -309,6 +309,25 @@ def test_privacy_budget_caps_eligibility(ledger_url):
     assert [c["subject_count"] for c in w.ledger.budget.charges()] == [4, 2]
 
 
+def test_a_charge_adds_to_known_subjects_inserts_new_ones_and_counts_a_repeated_ref_once(ledger_url):
+    from consent.store.budget import BudgetBook
+    from consent.store.engine import open_engine
+
+    engine = open_engine(ledger_url)
+    book = BudgetBook(engine)
+    book.charge("job-1", 1, "partner-a", ["s1", "s2"], 0.5)
+    book.charge("job-1", 1, "partner-b", ["s1"], 2.0)  # another partner's subject of the same ref is its own row
+    book.charge("job-1", 2, "partner-a", ["s2", "s3", "s3"], 0.25)
+    book.charge("job-1", 3, "partner-a", [], 0.25)
+    assert book.spent("partner-a") == {"s1": 0.5, "s2": 0.75, "s3": 0.25}
+    assert book.spent("partner-b") == {"s1": 2.0}
+    assert [c["subject_count"] for c in book.charges("job-1")] == [2, 1, 2, 0]
+    with pytest.raises(ValueError, match="non-negative"):
+        book.charge("job-1", 4, "partner-a", ["s1"], float("nan"))
+    assert book.spent("partner-a")["s1"] == 0.5 and len(book.charges()) == 4  # a refused charge stores nothing
+    engine.dispose()
+
+
 def test_migrations_create_exactly_the_declared_schema(ledger_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
