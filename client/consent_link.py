@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from client.eligibility import EligibleSet
+from client.eligibility import EligibleSet, open_ledger
 from client.peer_keys import partner_key_in
 from consent.store.vault import user_hmac
 
@@ -41,6 +41,8 @@ class ConsentLink:
         self.lifetime_epsilon = lifetime_epsilon
         self.job_epsilon = job_epsilon
         self.day = day
+        # partner -> (user ids, {hmac: user id}) of its last question: the same users every round of a job
+        self._hmacs: dict[str, tuple[list[str], dict[str, str]]] = {}
 
     def eligible_subjects(self, partner_id: str, purpose: str, categories: Sequence[str], tree_size: int) -> EligibleSet:
         found = self.reader.eligible_set(
@@ -59,7 +61,14 @@ class ConsentLink:
         secret = self.secrets.get(partner_id)
         if secret is None:
             raise KeyError(f"no HMAC secret for partner {partner_id!r} (expected {partner_id}.hmac in the keys dir)")
-        by_hmac = {user_hmac(secret, str(u)): u for u in user_ids}
+        users = [str(u) for u in user_ids]
+        last = self._hmacs.get(partner_id)
+        if last is not None and last[0] == users:
+            by_hmac = last[1]
+        else:
+            by_hmac = {user_hmac(secret, u): u for u in users}
+            self._hmacs[partner_id] = (users, by_hmac)
+        # The refs themselves are asked every round: an erasure between rounds takes the user out at once.
         found = self.reader.subject_refs(partner_id, list(by_hmac), create=False)
         return {by_hmac[h]: ref for h, ref in found.items()}
 
@@ -152,8 +161,10 @@ class LinkByURL:
         return {"url": self.url, "_link": None}
 
     def _open(self) -> ConsentLink:
+        # Flower's simulation unpickles a fresh copy with every message: one link a process (``open_ledger``), not
+        # a new database connection (or gRPC channel) and a cold HMAC memo every round.
         if self._link is None:
-            self._link = open_link(self.url)
+            self._link = open_ledger(self.url) if self.url.startswith("py:") else open_link(self.url)
         return self._link
 
     def eligible_subjects(self, partner_id: str, purpose: str, categories: Sequence[str], tree_size: int) -> EligibleSet:

@@ -10,6 +10,7 @@ with a state dir, in ``<state_dir>/<job_id>.eligible.json``, so a restarted Supe
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def job_eligible_set(
     return eligible
 
 
+@functools.lru_cache(maxsize=8)  # the same kept set every round: its root is recomputed once per process
 def _checked(joined: str, root: str, key: str) -> EligibleSet:
     eligible = EligibleSet.of([r for r in joined.split("\n") if r])
     if eligible.root != root:

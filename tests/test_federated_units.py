@@ -394,3 +394,21 @@ def test_a_partner_keeps_its_eligible_set_for_the_whole_job(ledger, tmp_path):
     assert restarted == first  # read back from the state dir, not asked again
     next_job = job_eligible_set(capped, "content", job(job_id="next").round_config(0), state, state_dir)
     assert next_job.count == first.count - 10
+
+
+def test_a_partners_link_asks_the_refs_every_round_so_an_erasure_between_rounds_takes_its_user_out(tmp_path):
+    from client.consent_link import ConsentLink
+    from tests.ledger_helpers import consent, make_world
+
+    w = make_world(str(tmp_path / "ledger.db"), partners=("partner-a",))
+    desk = w.partners["partner-a"]
+    desk.record([consent(u) for u in ("ann", "bob", "cat")])
+    link = ConsentLink(w.ledger, {"partner-a": desk.secret})
+    users = ["ann", "bob", "cat", "never-recorded"]
+    first = link.subject_refs_for("partner-a", users)
+    assert sorted(first) == ["ann", "bob", "cat"] and first == desk.subject_refs(["ann", "bob", "cat"], create=False)
+    desk.erase("bob")
+    again = link.subject_refs_for("partner-a", users)  # the same users: their HMACs are remembered, not their refs
+    assert again == {u: first[u] for u in ("ann", "cat")}
+    assert link.subject_refs_for("partner-a", ["cat"]) == {"cat": first["cat"]}  # other users: asked afresh
+    w.ledger.close()

@@ -352,6 +352,18 @@ def test_rounds_compose_through_a_persistent_accountant():
     assert sum(steps for _, _, steps in accountant.history) == 18
 
 
+def test_rdp_epsilon_is_opacus_rdp_accountants_to_the_last_bit():
+    """epsilon_of remembers each (sigma, q)'s one-step RDP curve; the answer must stay Opacus' own."""
+    histories = [[(1.1, 0.01, 300)], [(0.8, 0.2, 7), (2.5, 0.05, 1000), (0.8, 0.2, 3)], [(4.0, 0.5, 1)]]
+    for alphas in (None, [1.5, 2.0, 8.0, 32.0, 64.0]):
+        for history in histories * 2:  # the second pass is answered from the remembered curves
+            accountant = make_accountant("rdp")
+            accountant.history = list(history)
+            kwargs = {"alphas": alphas} if alphas else {}
+            assert epsilon_of(history, 1e-5, "rdp", **kwargs) == accountant.get_epsilon(delta=1e-5, **kwargs)
+    assert epsilon_of([(1.1, 0.01, 600)], 1e-5) > epsilon_of([(1.1, 0.01, 300)], 1e-5)  # steps still count
+
+
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_noise_free_steps_have_infinite_epsilon(accountant):
     """Clipping without noise (sigma 0) proves nothing: epsilon is inf under both accountants, not an error (Opacus'
