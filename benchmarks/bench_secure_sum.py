@@ -42,10 +42,10 @@ from client.secure_sum import (  # noqa: E402
     remove_masks,
     round_key,
     seal_share,
-    share_threshold,
     split_seed,
     sum_words,
 )
+from consent.masking_keys import share_threshold  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:

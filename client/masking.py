@@ -43,10 +43,10 @@ from client.secure_sum import (
     public_hex,
     round_key,
     seal_share,
-    share_threshold,
     split_seed,
 )
 from client.state_files import job_file, write_json
+from consent.masking_keys import share_threshold
 
 STATE_KEY = "secure-sum"
 KIND = "secure-sum"  # <state_dir>/<job_id>.secure-sum.json

@@ -103,12 +103,6 @@ def new_seed() -> bytes:
     return os.urandom(SEED_BYTES)
 
 
-def share_threshold(noise_partners: int) -> int:
-    """How many shares rebuild a seed: one fewer than the partners every applied round holds (``noise_partners``), so
-    each survivor's seed can be rebuilt from the other survivors' shares, and fewer colluding partners learn nothing."""
-    return max(1, int(noise_partners) - 1)
-
-
 def split_seed(seed: bytes, peers: Sequence[str], threshold: int) -> dict[str, bytes]:
     """One Shamir share of ``seed`` per peer (peer -> share); any ``threshold`` of them rebuild it."""
     if not 1 <= threshold <= len(peers):

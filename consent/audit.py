@@ -167,9 +167,9 @@ def secure_round_problems(body: dict) -> list[str]:
     if abs(share * math.sqrt(m) - sigma) > 1e-6 * max(1.0, sigma):
         problems.append(f"{where}: {m} shares of noise multiplier {share:g} do not make the total {sigma:g}")
     colluders = agg.get("colluders_to_unmask")  # absent from manifests of jobs run before self masks
-    if colluders is not None and int(colluders) != max(1, m - 1):
+    if colluders is not None and int(colluders) != masking_keys.share_threshold(m):
         problems.append(f"{where}: states {colluders} colluding partner(s) to unmask a vector, but seed shares of "
-                        f"{m} noise shares are split {max(1, m - 1)}-of-n")  # fmt: skip
+                        f"{m} noise shares are split {masking_keys.share_threshold(m)}-of-n")  # fmt: skip
     for part in parts:
         if abs(float(part.get("noise_multiplier", sigma)) - sigma) > 1e-9 * max(1.0, sigma):
             problems.append(f"{where}: {part['partner_id']} reports noise multiplier {part['noise_multiplier']}, the "

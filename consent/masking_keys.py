@@ -26,6 +26,14 @@ class MaskingKeyError(ValueError):
     """A signed masking key that does not check against its partner's ledger key."""
 
 
+def share_threshold(noise_partners: int) -> int:
+    """How many shares rebuild a partner's self-mask seed (``client.secure_sum``): one fewer than the partners every
+    applied round holds (``noise_partners``), so each survivor's seed can be rebuilt from the other survivors' shares,
+    and fewer colluding partners learn nothing. Round manifests state it as ``colluders_to_unmask``, and the round
+    audit checks it (``consent.audit``), so it lives with the ledger."""
+    return max(1, int(noise_partners) - 1)
+
+
 def statement(job_id: str, partner_id: str, public_hex: str) -> bytes:
     return b"\0".join((STATEMENT, job_id.encode(), partner_id.encode(), bytes.fromhex(public_hex)))
 

@@ -38,7 +38,8 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 from client.privacy import epsilon_of, plan_noise
 from client.protocol import arrays_to_record, record_to_arrays
-from client.secure_sum import SecureSumError, decode, join_seed, remove_masks, share_threshold, sum_words
+from client.secure_sum import SecureSumError, decode, join_seed, remove_masks, sum_words
+from consent.masking_keys import share_threshold
 from models.nets import ChurnLTVNet, get_weights, set_weights, weight_names
 from server.job import Job, JobStopped
 
