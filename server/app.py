@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.embedded import embedded_ledger, wants_embedded_ledger
 from server.job import Job
+from server.prompt_grid import prompt
 from server.runner import JobHooks, JobResult, run_job
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def make_server_app(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        grid = prompt(grid)  # Flower's own send_and_receive sleeps 3 s between pulls in a deployment
         the_job = job or Job.from_run_config(dict(context.run_config))
         output_dir = str(context.run_config.get("output-dir", "") or "")
         embedded = None
