@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
@@ -56,12 +57,18 @@ class PromptGrid(Grid):
         replies: list[Message] = []
         while waiting:
             got = list(self.inner.pull_messages(waiting))
-            replies.extend(got)
             waiting.difference_update(m.metadata.reply_to_message_id for m in got)
+            # The SuperLink's "your message expired before a reply came" is no reply from the node: left out, the
+            # node counts as not answering within the round's timeout (pulling this often, one can land at the TTL).
+            replies.extend(m for m in got if not _expired(m))
             if not waiting or (end is not None and time.monotonic() >= end):
                 break
             time.sleep(self.interval if end is None else max(0.0, min(self.interval, end - time.monotonic())))
         return replies
+
+
+def _expired(msg: Message) -> bool:
+    return msg.has_error() and msg.error.code == ErrorCode.MESSAGE_UNAVAILABLE
 
 
 def prompt(grid: Grid) -> Grid:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from server.prompt_grid import IN_MEMORY_INTERVAL, REMOTE_INTERVAL, PromptGrid, prompt
 
 
 class SlowNodes(Grid):
-    """Node ``n`` replies ``n`` pulls after its message was pushed; node 0 never does."""
+    """Node ``n`` replies ``n`` pulls after its message was pushed; node 0 never does; node -1 never does either, and
+    its message expires at the third pull."""
 
     def __init__(self) -> None:
         self.pulls, self.due = 0, {}
@@ -38,10 +40,19 @@ class SlowNodes(Grid):
     def pull_messages(self, message_ids):
         self.pulls += 1
         ready = [i for i in message_ids if 0 < self.due[i] <= self.pulls]
-        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ready]
+        got = [reply(i) for i in ready]
+        if self.pulls == 3:  # what a SuperLink says of a message whose TTL ran out before its node answered
+            got += [reply(i, ErrorCode.MESSAGE_UNAVAILABLE) for i in message_ids if self.due[i] < 0]
+        return got
 
     def send_and_receive(self, messages, *, timeout=None):
         raise AssertionError("PromptGrid must not fall back to the wrapped grid's send_and_receive")
+
+
+def reply(message_id: str, error_code: int | None = None):
+    error = SimpleNamespace(code=error_code, reason="expired") if error_code is not None else None
+    return SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=message_id), error=error,
+                           has_error=lambda: error is not None)  # fmt: skip
 
 
 def replies_to(got) -> list[str]:
@@ -54,6 +65,12 @@ def test_every_reply_comes_back_and_pulls_stop_when_the_last_one_has():
     got = grid.send_and_receive([SimpleNamespace(dst=n) for n in (1, 2, 3)], timeout=10.0)
     assert replies_to(got) == ["msg-1", "msg-2", "msg-3"] and inner.pulls == 3
     assert grid.run == "the run" and list(grid.get_node_ids()) == [0, 1, 2, 3]
+
+
+def test_an_expired_message_is_no_reply_so_its_node_counts_as_not_answering():
+    inner = SlowNodes()
+    got = PromptGrid(inner, interval=0.001).send_and_receive([SimpleNamespace(dst=n) for n in (-1, 5)], timeout=10.0)
+    assert replies_to(got) == ["msg-5"] and inner.pulls == 5  # node -1's expiry (pull 3) ended the wait for it
 
 
 def test_the_timeout_returns_the_replies_that_arrived():
