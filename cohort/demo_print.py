@@ -7,7 +7,7 @@ from rich.table import Table
 
 from cohort.demo_rights import RightsEvidence
 from consent.audit import AuditReport
-from server.job import Job
+from server.job import Job, evaluates
 from server.runner import JobResult
 
 
@@ -34,8 +34,7 @@ def shown_every(rounds: int) -> int:
 def rounds_shown(rounds: int) -> list[int]:
     """The rounds the demo prints, exactly those a job of ``evaluate_every=shown_every(rounds)`` evaluates: every
     ``shown_every``-th and the last."""
-    step = shown_every(rounds)
-    return sorted({rounds, *range(step, rounds, step)})
+    return [r for r in range(1, rounds + 1) if evaluates(r, rounds, shown_every(rounds))]
 
 
 def print_rounds(console: Console, result: JobResult, before: JobResult | None = None) -> None:

@@ -174,6 +174,12 @@ _TUPLE_FIELDS = {"categories": str, "hidden": int}
 _TYPES = {f.name: f.type for f in fields(Job)}
 
 
+def evaluates(server_round: int, rounds: int, every: int) -> bool:
+    """Whether a job of ``rounds`` rounds with ``evaluate_every=every`` has its partners evaluate the global model
+    after ``server_round``: every ``every``-th round and the last; never with 0."""
+    return every > 0 and (server_round % every == 0 or server_round == rounds)
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name in _TUPLE_FIELDS:
         items = value.split(",") if isinstance(value, str) else list(value)

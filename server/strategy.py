@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 from client.protocol import ARRAYS, CONFIG, EPSILON, METRICS, NUM_EXAMPLES, REVEAL, SEALED, SHARES
-from server.job import Job, NotEnoughPartners
+from server.job import Job, NotEnoughPartners, evaluates
 from server.manifests import RoundManifest, round_manifest
 from server.partners import connected_partners, messages_to
 from server.screening import AcceptedUpdate, ArrayShapes, replying_node, screen_train_replies, shapes_of
@@ -264,8 +264,7 @@ class GuardedStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        every = self.job.evaluate_every
-        if every == 0 or (server_round % every and server_round != self.job.rounds):
+        if not evaluates(server_round, self.job.rounds, self.job.evaluate_every):
             return []
         ready = self._ready()
         nodes = sorted(n for n in grid.get_node_ids() if ready is None or n in ready)
