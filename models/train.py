@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from opacus.accountants import IAccountant, create_accountant
+from opacus.accountants import IAccountant, RDPAccountant, create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
 from torch.utils.data import DataLoader, Dataset
@@ -142,15 +142,20 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
     accountant's ``get_epsilon``, e.g. RDP ``alphas``)."""
     if not history:
         return 0.0
+    segments = [tuple(h) for h in history]
+    if accountant == "rdp" and all(float(sigma) != 0.0 for sigma, _, _ in segments):
+        return _rdp_epsilon(segments, delta, kwargs.get("alphas"))
     acc = make_accountant(accountant)
-    acc.history = [tuple(h) for h in history]
-    if accountant != "rdp" or any(float(sigma) == 0.0 for sigma, _, _ in acc.history):
-        return accountant_epsilon(acc, delta, **kwargs)
-    # RDPAccountant.get_privacy_spent, with each (sigma, q)'s one-step RDP curve remembered: a partner asks this
-    # about the same segments every round (three times a round in a secure job of hundreds), and the curve over
-    # all orders was most of what a one-step round cost. Same arithmetic, so the same epsilon to the last bit.
-    orders = tuple(kwargs.get("alphas") or acc.DEFAULT_ALPHAS)
-    rdp = sum([_one_step_rdp(float(q), float(sigma), orders) * steps for sigma, q, steps in acc.history])
+    acc.history = segments
+    return accountant_epsilon(acc, delta, **kwargs)
+
+
+def _rdp_epsilon(segments: list[tuple], delta: float, alphas: Sequence[float] | None) -> float:
+    """RDPAccountant.get_privacy_spent, with each (sigma, q)'s one-step RDP curve remembered: a partner asks this
+    about the same segments every round (three times a round in a secure job of hundreds), and the curve over all
+    orders was most of what a one-step round cost. Same arithmetic, so the same epsilon to the last bit."""
+    orders = tuple(alphas or RDPAccountant.DEFAULT_ALPHAS)
+    rdp = sum([_one_step_rdp(float(q), float(sigma), orders) * steps for sigma, q, steps in segments])
     with _quiet_orders():
         eps, _ = rdp_analysis.get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
     return float(eps)
