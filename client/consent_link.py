@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 
 from client.eligibility import EligibleSet, open_ledger
 from client.peer_keys import partner_key_in
-from consent.store.vault import user_hmac
+from consent.store.vault import refs_by_user, user_hmac
 
 
 class ConsentLink:
@@ -69,8 +69,7 @@ class ConsentLink:
             by_hmac = {user_hmac(secret, u): u for u in users}
             self._hmacs[partner_id] = (users, by_hmac)
         # The refs themselves are asked every round: an erasure between rounds takes the user out at once.
-        found = self.reader.subject_refs(partner_id, list(by_hmac), create=False)
-        return {by_hmac[h]: ref for h, ref in found.items()}
+        return refs_by_user(self.reader.subject_refs, partner_id, by_hmac)
 
     # client.peer_keys.KeyBook: a secure job's masking keys are signed with the partner's own ledger key
     def sign_as(self, partner_id: str, message: bytes) -> bytes:
@@ -164,7 +163,7 @@ class LinkByURL:
         # Flower's simulation unpickles a fresh copy with every message: one link a process (``open_ledger``), not
         # a new database connection (or gRPC channel) and a cold HMAC memo every round.
         if self._link is None:
-            self._link = open_ledger(self.url) if self.url.startswith("py:") else open_link(self.url)
+            self._link = open_ledger(self.url)
         return self._link
 
     def eligible_subjects(self, partner_id: str, purpose: str, categories: Sequence[str], tree_size: int) -> EligibleSet:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from consent.entries import make_entry
 from consent.keys import Identity
-from consent.store.vault import user_hmac
+from consent.store.vault import refs_by_user, user_hmac
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,8 @@ class PartnerDesk:
         return self.identity.name
 
     def subject_refs(self, user_ids: Sequence[str], create: bool = True) -> dict[str, str]:
-        hmacs = {user_hmac(self.secret, u): u for u in user_ids}
-        found = self.ledger.subject_refs(self.partner_id, list(hmacs), create=create)
-        return {hmacs[h]: ref for h, ref in found.items()}
+        by_hmac = {user_hmac(self.secret, u): u for u in user_ids}
+        return refs_by_user(self.ledger.subject_refs, self.partner_id, by_hmac, create=create)
 
     def publish_notice(self, notice: Notice, purposes: Sequence[str]) -> int:
         body = {"partner_id": self.partner_id, "notice_id": notice.notice_id, "version": notice.version,

@@ -328,6 +328,35 @@ def test_a_charge_adds_to_known_subjects_inserts_new_ones_and_counts_a_repeated_
     engine.dispose()
 
 
+
+def test_lookups_of_many_subjects_find_exactly_theirs_in_one_statement_on_postgres(ledger_url):
+    """More values than one IN list holds: every one found, nothing of another partner; PostgreSQL asks once."""
+    from sqlalchemy import event
+
+    from consent.store.budget import BudgetBook
+    from consent.store.engine import open_engine
+    from consent.store.sql import IN_CHUNK
+    from consent.store.vault import SubjectVault, user_hmac
+
+    engine = open_engine(ledger_url)
+    vault, book = SubjectVault(engine), BudgetBook(engine)
+    n = 2 * IN_CHUNK + 7
+    hmacs = [user_hmac(b"secret", f"user-{i}") for i in range(n)]
+    refs = vault.subject_refs("partner-a", hmacs, create=True)
+    other = vault.subject_refs("partner-b", hmacs[:5], create=True)  # the same users at another partner
+    book.charge("job", 1, "partner-a", list(refs.values()), 0.5)
+    statements = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    asked = hmacs + ["not-a-user"]
+    assert vault.subject_refs("partner-a", asked, create=False) == refs and len(refs) == n
+    assert not set(refs.values()) & set(other.values())
+    spent = book.spent("partner-a", list(refs.values()) + list(other.values()))
+    assert spent == {r: 0.5 for r in refs.values()}
+    lists = -(-len(asked) // IN_CHUNK) + -(-(n + len(other)) // IN_CHUNK)  # SQLite: one statement per IN list
+    expected = 2 if engine.dialect.name == "postgresql" else lists
+    assert len(statements) == expected, statements
+    engine.dispose()
+
 def test_migrations_create_exactly_the_declared_schema(ledger_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy import Engine, func, select
 
 from consent.store import tables as t
-from consent.store.sql import IN_CHUNK as _IN_CHUNK
+from consent.store.members import member_clauses
 
 
 def _add_to_spent(dialect: str):
@@ -41,11 +41,8 @@ class BudgetBook:
                 q = select(c.subject_ref, c.epsilon_spent).where(c.partner_id == partner_id)
                 return {r[0]: r[1] for r in conn.execute(q)}
             out = {}
-            refs = list(subject_refs)
-            for i in range(0, len(refs), _IN_CHUNK):
-                q = select(c.subject_ref, c.epsilon_spent).where(
-                    c.partner_id == partner_id, c.subject_ref.in_(refs[i : i + _IN_CHUNK])
-                )
+            for among in member_clauses(conn.dialect.name, c.subject_ref, subject_refs):
+                q = select(c.subject_ref, c.epsilon_spent).where(c.partner_id == partner_id, among)
                 out.update({r[0]: r[1] for r in conn.execute(q)})
             return out
 

@@ -49,7 +49,8 @@ from consent.rules import (
 from consent.store import tables as t
 from consent.store.batch_rows import BatchRows, Writer
 from consent.store.engine import open_engine
-from consent.store.sql import Sql, chunks
+from consent.store.members import member_clauses
+from consent.store.sql import Sql
 
 _ENTRY_COLUMNS = ("idx", "leaf_hash", "data", "entry_type", "key_id", "partner_id", "subject_ref")
 _NODE_COLUMNS = ("level", "idx", "hash")
@@ -596,8 +597,8 @@ class LedgerStore:
     def subject_partner(self, subject_refs: Sequence[str]) -> dict[str, str]:
         out = {}
         with self.engine.connect() as conn:
-            for rows in chunks(set(subject_refs)):
-                q = select(t.subjects.c.subject_ref, t.subjects.c.partner_id).where(t.subjects.c.subject_ref.in_(rows))
+            for among in member_clauses(conn.dialect.name, t.subjects.c.subject_ref, set(subject_refs)):
+                q = select(t.subjects.c.subject_ref, t.subjects.c.partner_id).where(among)
                 out.update({r[0]: r[1] for r in conn.execute(q)})
         return out
 

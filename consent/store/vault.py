@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Engine, delete, select
@@ -18,12 +18,19 @@ from sqlalchemy.exc import IntegrityError
 
 from consent.entries import new_subject_ref
 from consent.store import tables as t
-from consent.store.sql import IN_CHUNK as _IN_CHUNK
+from consent.store.members import member_clauses
 
 
 def user_hmac(partner_secret: bytes, user_id: str) -> str:
     """What a partner sends instead of a user id: HMAC-SHA256 under a secret only the partner holds."""
     return hmac.new(partner_secret, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def refs_by_user(lookup, partner_id: str, by_hmac: Mapping[str, str], create: bool = False) -> dict[str, str]:
+    """{user id: subject_ref} of the users of ``by_hmac`` ({HMAC: user id}) that ``lookup`` (a ledger's or vault's
+    ``subject_refs``) resolves: only the HMACs go to the ledger."""
+    found = lookup(partner_id, list(by_hmac), create=create)
+    return {by_hmac[h]: ref for h, ref in found.items()}
 
 
 def evidence_commitment(evidence: bytes) -> str:
@@ -44,10 +51,9 @@ class SubjectVault:
         out: dict[str, str] = {}
         wanted = list(dict.fromkeys(hmacs))
         with self.engine.begin() as conn:
-            for i in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[i : i + _IN_CHUNK]
+            for among in member_clauses(conn.dialect.name, t.subject_map.c.user_hmac, wanted):
                 q = select(t.subject_map.c.user_hmac, t.subject_map.c.subject_ref).where(
-                    t.subject_map.c.partner_id == partner_id, t.subject_map.c.user_hmac.in_(chunk)
+                    t.subject_map.c.partner_id == partner_id, among
                 )
                 out.update({r[0]: r[1] for r in conn.execute(q)})
             if create:
@@ -110,11 +116,9 @@ class SubjectVault:
 
     @staticmethod
     def _keys(conn, subject_refs: set[str]) -> dict[str, bytes]:
-        out, refs = {}, list(subject_refs)
-        for i in range(0, len(refs), _IN_CHUNK):
-            q = select(t.subject_keys.c.subject_ref, t.subject_keys.c.aes_key).where(
-                t.subject_keys.c.subject_ref.in_(refs[i : i + _IN_CHUNK])
-            )
+        out = {}
+        for among in member_clauses(conn.dialect.name, t.subject_keys.c.subject_ref, subject_refs):
+            q = select(t.subject_keys.c.subject_ref, t.subject_keys.c.aes_key).where(among)
             out.update({r[0]: bytes(r[1]) for r in conn.execute(q)})
         return out
 
