@@ -143,10 +143,18 @@ class PartnerClients:
         return self._client(partner_id).subject_refs(partner_id, hmacs, create=create)
 
     def active_key(self, identity: str):
-        """Any of this process's partner clients may look a key up: keys are public."""
+        """Any of this process's partner clients may look a key up: keys are public. Before any is open, the one of
+        the keys dir's partner identity (a ``<name>.key`` whose ``<name>.pub`` says ``partner``)."""
         if not self._clients:
-            raise LookupError("no partner client yet: ask for the own partner's eligible set first")
+            self._client(self._own_partner())
         return next(iter(self._clients.values())).active_key(identity)
+
+    def _own_partner(self) -> str:
+        names = sorted(p.stem for p in Path(self.keys_dir).glob("*.pub")
+                       if p.with_suffix(".key").exists() and p.read_text().split()[:1] == ["partner"])  # fmt: skip
+        if not names:
+            raise LookupError(f"no partner key in {self.keys_dir}: cannot ask the ledger for a key over gRPC")
+        return names[0]
 
 
 class LinkByURL:

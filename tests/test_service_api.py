@@ -254,6 +254,27 @@ def test_every_role_looks_up_a_partners_active_key(env):
     refused(env, "partner-a", lambda c: c.active_key("not a name!"), "INVALID_ARGUMENT")
 
 
+def test_a_supernodes_link_looks_up_a_peers_key_before_asking_anything_else(env, tmp_path):
+    """A SuperNode's keys dir holds its own partner key only; its first question may be a peer's masking-key owner."""
+    import shutil
+
+    from client.consent_link import PartnerClients, open_link
+
+    own = tmp_path / "node-keys"
+    own.mkdir()
+    for suffix in (".key", ".pub"):
+        shutil.copy(env.keys_dir / f"partner-b{suffix}", own)
+    (own / "partner-b.hmac").write_text("00" * 32)
+    link = open_link(f"py:client.consent_link:open_link?grpc={env.server.address}&keys={own}")
+    assert link.partner_key("partner-a") == env.keys["partner-a"].public_b64
+    assert link.partner_key("coordinator") is None  # not a partner's key
+    assert list(link.reader._clients) == ["partner-b"]
+    (tmp_path / "public-only").mkdir()
+    shutil.copy(env.keys_dir / "partner-a.pub", tmp_path / "public-only")
+    with pytest.raises(LookupError, match="no partner key in .*public-only"):
+        PartnerClients(env.server.address, str(tmp_path / "public-only")).active_key("partner-a")
+
+
 # ---- refusals: nothing is stored -----------------------------------------------------------------------------
 
 
