@@ -196,7 +196,10 @@ def _train(console: Console, job: Job, binding: LedgerBinding, url: str, source:
         def on_round(manifest):  # called from the ServerApp's thread as each round closes
             hooks.on_round(manifest)
             done = manifest.server_round
-            if done in shown:
+            void = (manifest.aggregation or {}).get("voided")
+            if void:
+                progress.console.print(f"  round {done}/{job.rounds} void, the model keeps its weights: {void}")
+            elif done in shown:
                 parts = sorted(manifest.partners, key=lambda p: p.partner_id)
                 eps = ", ".join(f"{p.partner_id} ε={p.epsilon:.2f}" for p in parts)
                 progress.console.print(f"  round {done}/{job.rounds} closed: {eps}; manifest appended to the ledger")

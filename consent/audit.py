@@ -154,7 +154,8 @@ def secure_round_problems(body: dict) -> list[str]:
     """What is wrong with a secure round's DP statement (``aggregation``, server/secure_aggregation.py), from the
     manifest alone: fewer contributing partners than the noise divisor (then the sum carried less than the total
     noise its ε assumes), a partner reporting another noise multiplier, shares that do not add up to the total, a
-    collusion threshold other than the one the seed shares are split with (``noise_partners - 1``, at least 1)."""
+    collusion threshold other than the one the seed shares are split with (``noise_partners - 1``, at least 1), a
+    void round (its sum stayed masked) whose model changed."""
     agg = body.get("aggregation")
     if not agg:
         return []
@@ -170,6 +171,9 @@ def secure_round_problems(body: dict) -> list[str]:
     if colluders is not None and int(colluders) != masking_keys.share_threshold(m):
         problems.append(f"{where}: states {colluders} colluding partner(s) to unmask a vector, but seed shares of "
                         f"{m} noise shares are split {masking_keys.share_threshold(m)}-of-n")  # fmt: skip
+    if "voided" in agg and body.get("model_in_hash") != body.get("model_out_hash"):
+        problems.append(f"{where}: void (its sum stayed masked), yet the model changed "
+                        f"({body.get('model_in_hash')} -> {body.get('model_out_hash')})")  # fmt: skip
     for part in parts:
         if abs(float(part.get("noise_multiplier", sigma)) - sigma) > 1e-9 * max(1.0, sigma):
             problems.append(f"{where}: {part['partner_id']} reports noise multiplier {part['noise_multiplier']}, the "

@@ -612,12 +612,14 @@ def _round_manifest(t: str, body: dict) -> None:
 def _aggregation(agg) -> None:
     """A secure round's trust statement (server/secure_aggregation.py): noise in total and per partner, the union's
     rate and size, ε if the server sees one partner's vector alone, how many partners must collude with it for that
-    (absent from manifests of jobs run before self masks), and whose masks were removed after a dropout."""
+    (absent from manifests of jobs run before self masks), whose masks were removed after a dropout, and, for a
+    round whose sum stayed masked, why (``voided``: the model kept its weights)."""
     t = "round.manifest aggregation"
     if not isinstance(agg, dict):
         raise EntryError(f"{t} must be an object, got {_short(agg)}")
     numbers = ("noise_multiplier", "partner_noise_multiplier", "sample_rate", "epsilon_if_colluding")
-    _fields(t, agg, ("mode",) + numbers + ("noise_partners", "union_rows", "recovered"), ("colluders_to_unmask",))
+    _fields(t, agg, ("mode",) + numbers + ("noise_partners", "union_rows", "recovered"),
+            ("colluders_to_unmask", "voided"))  # fmt: skip
     if agg["mode"] != "secure":
         raise EntryError(f"{t} mode must be 'secure', got {_short(agg['mode'])}")
     for name in numbers:
@@ -626,6 +628,8 @@ def _aggregation(agg) -> None:
         _int(agg, name, minimum=1)
     _int(agg, "colluders_to_unmask", minimum=1, optional=True)
     _names(agg, "recovered")
+    if "voided" in agg and (type(agg["voided"]) is not str or not 0 < len(agg["voided"]) <= MAX_REASON):
+        raise EntryError(f"{t} voided must be the reason the sum stayed masked, 1 to {MAX_REASON} characters")
 
 
 def _model_published(t: str, body: dict) -> None:

@@ -12,8 +12,9 @@ Per round, ``SecureSum``:
   public keys they gave at preflight, ``client.peer_keys``);
 * adds up the masked uint64 vectors of the accepted replies and asks every survivor, once (``query.reveal``), for
   its shares of the other survivors' self-mask seeds and its round keys with the roster partners that left no usable
-  reply; rebuilds the seeds and removes all those masks (``client.secure_sum``); without every survivor's reveal
-  the round cannot be unmasked and the job stops;
+  reply; rebuilds the seeds and removes all those masks (``client.secure_sum``); without the mask keys of every
+  dropout and ``share_threshold`` shares of each survivor's seed the sum stays masked (``RoundNotUnmasked``): the
+  strategy voids the round, and stops the job if the round before was void too;
 * decodes the total and checks it is a sum an honest roster could send (norm within ``C`` per row plus six
   standard deviations of the noise, per coordinate): the server cannot screen one partner's masked vector for
   NaN or size, so a malformed one shows here and stops the job (its author cannot be told apart);
@@ -55,6 +56,11 @@ Reveal = Callable[[Sequence[str], Sequence[str], Sealed], tuple[RoundKeys, SeedS
 
 class SecureSumFailed(JobStopped):
     """A secure round's sum could not be unmasked, or is not a sum honest partners could have sent."""
+
+
+class RoundNotUnmasked(SecureSumFailed):
+    """The survivors' reveals did not bring every mask key and enough seed shares: the sum stays masked. Nothing
+    is wrong with the updates, so the strategy may void the round (the model keeps its weights) and go on."""
 
 
 class SecureSum:
@@ -109,7 +115,7 @@ class SecureSum:
         keys, shares = reveal(survivors, dropped, sealed_for)
         wanted = {(s, d) for s in survivors for d in dropped}
         if set(keys) != wanted:
-            raise SecureSumFailed(f"job {self.job.job_id} round {server_round}: the sum cannot be unmasked, "
+            raise RoundNotUnmasked(f"job {self.job.job_id} round {server_round}: the sum cannot be unmasked, "
                                   f"missing mask keys {sorted(wanted - set(keys))}")  # fmt: skip
         seeds = []
         for owner in survivors:
@@ -117,7 +123,7 @@ class SecureSum:
             try:
                 seeds.append(join_seed(held, self.threshold, owner))
             except SecureSumError as exc:
-                raise SecureSumFailed(f"job {self.job.job_id} round {server_round}: the sum cannot be unmasked: "
+                raise RoundNotUnmasked(f"job {self.job.job_id} round {server_round}: the sum cannot be unmasked: "
                                       f"{exc}") from exc  # fmt: skip
         total = remove_masks(total, keys, seeds)
         if dropped:

@@ -16,7 +16,9 @@
 * in a secure job (``secure``, ``server.secure_aggregation``): sends each round's roster and masking keys, adds up the
   masked sums instead of averaging weights, asks every survivor once for its shares of the other survivors'
   self-mask seeds and its mask keys with partners whose vector is missing (``query.reveal``), and puts the secure
-  sum's trust statement in the manifest.
+  sum's trust statement in the manifest. A round whose sum stays masked (a survivor's reveal missing) is void: the
+  model keeps its weights, the manifest says why (``voided``) and its ε is charged all the same (every partner
+  spent it on a noised sum); a second void round in a row stops the job.
 
 ``Strategy.start(..., timeout=job.round_timeout_s)`` is what bounds each round in time: Flower's
 ``grid.send_and_receive`` returns at the timeout with whatever replies arrived.
@@ -33,11 +35,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 from client.protocol import ARRAYS, CONFIG, EPSILON, METRICS, NUM_EXAMPLES, REVEAL, SEALED, SHARES
+from consent.entries import MAX_REASON
 from server.job import Job, NotEnoughPartners, evaluates
 from server.manifests import RoundManifest, round_manifest
 from server.partners import connected_partners, messages_to
 from server.screening import AcceptedUpdate, ArrayShapes, replying_node, screen_train_replies, shapes_of
-from server.secure_aggregation import SecureSum
+from server.secure_aggregation import RoundNotUnmasked, SecureSum
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,7 @@ class GuardedStrategy(Strategy):
         self._reference: ArrayShapes = {}
         self._grid: Grid | None = None  # secure jobs: the grid the survivors' mask keys are asked over
         self._spent: dict[str, float] = {}  # partner -> the most ε it reported in an accepted update of this job
+        self.voided: dict[int, str] = {}  # secure jobs: round -> why its sum stayed masked (the model kept its weights)
 
     def summary(self) -> None:
         log.info(
@@ -181,7 +185,7 @@ class GuardedStrategy(Strategy):
         for part in parts:
             self._spent[part.partner_id] = max(self._spent.get(part.partner_id, 0.0), part.epsilon)
         if self.secure is not None:
-            arrays = self._secure_sum(server_round, accepted, sent, roster)
+            arrays = self._secure_sum_or_void(server_round, accepted, sent, roster)
             metrics = aggregate_train_metrics([u.message.content for u in accepted], NUM_EXAMPLES)
         else:
             arrays, metrics = self.inner.aggregate_train(server_round, [u.message for u in accepted])
@@ -218,6 +222,20 @@ class GuardedStrategy(Strategy):
         if self.on_round is not None:
             self.on_round(manifest)
         return arrays, metrics
+
+    def _secure_sum_or_void(self, server_round: int, accepted: list[AcceptedUpdate], sent: list[Message],
+                            roster: list[str]) -> ArrayRecord:  # fmt: skip
+        """The secure sum's step, or the round's own weights if its sum stays masked (once; twice in a row stops)."""
+        try:
+            arrays = self._secure_sum(server_round, accepted, sent, roster)
+        except RoundNotUnmasked as exc:
+            if server_round - 1 in self.voided:
+                raise RoundNotUnmasked(f"{exc}; round {server_round - 1} was void too "
+                                       f"({self.voided[server_round - 1]}): stopping the job") from exc  # fmt: skip
+            self.voided[server_round] = str(exc)[:MAX_REASON]
+            log.warning("round %d void, the model keeps its weights: %s", server_round, exc)
+            return self._global[server_round]
+        return arrays
 
     def _secure_sum(self, server_round: int, accepted: list[AcceptedUpdate], sent: list[Message],
                     roster: list[str]) -> ArrayRecord:  # fmt: skip
@@ -259,7 +277,8 @@ class GuardedStrategy(Strategy):
     def _trust(self, server_round: int) -> dict | None:
         if self.secure is None:
             return None
-        return self.secure.trust() | {"recovered": self.secure.recovered.get(server_round, [])}
+        trust = self.secure.trust() | {"recovered": self.secure.recovered.get(server_round, [])}
+        return trust | ({"voided": self.voided[server_round]} if server_round in self.voided else {})
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

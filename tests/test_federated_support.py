@@ -99,7 +99,8 @@ def faulty_client_app(
 ) -> ClientApp:
     """The real ClientApp, except that partition ``p`` in round ``r`` misbehaves as ``faults[(p, r)]`` says:
     ``nan`` / ``inf`` (poisoned arrays), ``shape`` (a layer of the wrong shape), ``crash`` (raises),
-    ``slow:<seconds>`` (answers after that long). ``state_root`` as for ``make_client_app``."""
+    ``slow:<seconds>`` (answers after that long), ``no-reveal`` (trains, then raises at the secure round's
+    ``query.reveal``). ``state_root`` as for ``make_client_app``."""
     real = make_client_app(ledger=ledger, data=data, state_root=state_root)
     app = ClientApp()
 
@@ -125,6 +126,9 @@ def faulty_client_app(
 
     @app.query(REVEAL)
     def reveal(msg: Message, context: Context) -> Message:
+        fault = faults.get((int(context.node_config["partition-id"]), int(msg.content["config"]["server-round"])))
+        if fault == "no-reveal":
+            raise RuntimeError("partner crashed before its reveal")
         return real(msg, context)
 
     return app

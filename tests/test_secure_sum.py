@@ -433,6 +433,57 @@ def test_a_secure_job_trains_within_budget_and_the_server_sees_only_masked_sums(
         check_body("round.manifest", body | {"aggregation": trust | {"mode": "plain"}})
 
 
+class MutedGrid(InProcessGrid):
+    """The in-process grid, except that the messages of ``mute`` get no reply: (partition, round, message type)."""
+
+    def __init__(self, app, num_partners: int, mute: set[tuple[int, int, str]]) -> None:
+        super().__init__(app, num_partners)
+        self.mute = mute
+
+    def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
+        def muted(msg: Message) -> bool:
+            config = msg.content.config_records.get("config")
+            if config is None or "server-round" not in config:
+                return False  # preflight
+            kind = "reveal" if msg.metadata.message_type.endswith(".reveal") else msg.metadata.message_type
+            return (msg.metadata.dst_node_id - self.FIRST_NODE, int(config["server-round"]), kind) in self.mute
+
+        heard = [m for m in messages if not muted(m)]
+        self.sent += [m for m in messages if muted(m)]
+        return super().send_and_receive(heard, timeout=timeout)
+
+
+def test_a_round_whose_sum_stays_masked_is_void_and_the_job_goes_on(data, monkeypatch):
+    """Round 2: group_buy's update is missing and loyal does not answer its reveal, so the pair mask of loyal and
+    group_buy cannot come off. The round is void (the model keeps its weights, the manifest says why, its ε counts);
+    round 3 trains again. Two void rounds in a row stop the job, naming both."""
+    as_server_app(monkeypatch)
+    ledger = fake_ledger_for(data, consent_share=0.8)
+    job = secure_job(rounds=4, batch_size=128, expected_partners=3, preflight_timeout_s=5)
+    mute = {(1, 2, "train"), (2, 2, "reveal")}
+    result = run_job(MutedGrid(make_client_app(ledger=ledger, data=data), 3, mute), job)
+    assert [m.server_round for m in result.manifests] == [1, 2, 3, 4]
+    void = result.manifests[1]
+    assert "cannot be unmasked, missing mask keys [('loyal', 'group_buy')]" in void.aggregation["voided"]
+    assert void.model_out_hash == void.model_in_hash and void.aggregation["recovered"] == []
+    assert sorted(p.partner_id for p in void.partners) == ["content", "loyal"]  # charged: they spent the ε
+    assert all("voided" not in m.aggregation for m in result.manifests if m is not void)
+    assert result.manifests[2].model_in_hash == void.model_out_hash != result.manifests[2].model_out_hash
+    body = void.to_dict()
+    check_body("round.manifest", body)
+    assert secure_round_problems(body) == []
+    stepped = body | {"model_out_hash": result.manifests[2].model_out_hash}
+    assert secure_round_problems(stepped) == [f"round 2 of job {job.job_id}: void (its sum stayed masked), yet the "
+                                              f"model changed ({void.model_in_hash} -> "
+                                              f"{result.manifests[2].model_out_hash})"]  # fmt: skip
+    with pytest.raises(EntryError, match="voided must be the reason"):
+        check_body("round.manifest", body | {"aggregation": void.aggregation | {"voided": ""}})
+
+    twice = mute | {(1, 3, "train"), (2, 3, "reveal")}
+    with pytest.raises(SecureSumFailed, match=r"round 3: the sum cannot be unmasked.*round 2 was void too"):
+        run_job(MutedGrid(make_client_app(ledger=ledger, data=data), 3, twice), job)
+
+
 def _screening_refuses_replies_without_their_sealed_shares(first: Message, job: Job, roster: list[str]) -> None:
     """A round-1 train reply as the server got it, passes screening; without a peer's sealed share, with a share cut
     short or not hex, or with no sealed shares at all, it is refused (its self mask could not come off)."""
