@@ -1,7 +1,7 @@
 """A secure job (distributed DP over a secure sum) in a real Flower simulation (Ray), with partners that misbehave:
 each round the survivors' self masks come off with their peers' seed shares, a roster partner whose masked vector is
 missing has its pair masks removed with the survivors' revealed round keys (``query.reveal`` over the real grid),
-and the job goes on."""
+and the job goes on; a round whose sum cannot be unmasked (a dropout and a missing reveal) is void."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from test_federated_support import fake_ledger_for, faulty_client_app
 DATA = SyntheticPlatforms(users_per_platform=300, seed=11)
 TIMEOUT_S = 8.0
 # (partition, round) -> fault; partitions 0, 1, 2 are content, group_buy, loyal
-FAULTS = {(1, 2): "slow:12", (2, 3): "shape", (0, 4): "crash"}
+# Round 4: content crashes and group_buy fails its reveal, so their pair mask cannot come off: the round is void.
+FAULTS = {(1, 2): "slow:12", (2, 3): "shape", (0, 4): "crash", (1, 4): "no-reveal"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,11 @@ def test_a_secure_job_finishes_every_round_despite_a_slow_a_refused_and_a_crashe
     assert [m.server_round for m in result.manifests] == [1, 2, 3, 4, 5]
     assert all(np.isfinite(a.numpy()).all() and a.numpy().dtype == np.float32 for a in result.arrays.values())
     recovered = {m.server_round: m.aggregation["recovered"] for m in result.manifests}
-    assert recovered == {1: [], 2: ["group_buy"], 3: ["loyal"], 4: ["content"], 5: []}
+    assert recovered == {1: [], 2: ["group_buy"], 3: ["loyal"], 4: [], 5: []}
+    void = result.manifests[3]
+    assert "missing mask keys [('group_buy', 'content')]" in void.aggregation["voided"]
+    assert void.model_in_hash == void.model_out_hash != result.manifests[4].model_out_hash
+    assert [m.server_round for m in result.manifests if "voided" in m.aggregation] == [4]
     assert _partners(result.manifests[0]) == _partners(result.manifests[4]) == ["content", "group_buy", "loyal"]
     assert _partners(result.manifests[1]) == ["content", "loyal"]
 
@@ -55,7 +60,9 @@ def test_a_secure_job_finishes_every_round_despite_a_slow_a_refused_and_a_crashe
 def test_each_dropout_is_logged_with_the_masks_removed(secure_run):
     result, messages = secure_run
     removed = [m for m in messages if "masks of dropped partner(s)" in m]
-    assert len(removed) == 3 and all("2 revealed round key(s)" in m for m in removed)
+    assert len(removed) == 2 and all("2 revealed round key(s)" in m for m in removed)
+    assert any("no reveal from node" in m and "crashed before its reveal" in m for m in messages)
+    assert any(m.startswith("round 4 void, the model keeps its weights") for m in messages)
     assert any("refused update" in m and "loyal" in m and "shape" in m for m in messages)
     assert len(result.manifests[3].failed) == 1 and "crashed" in result.manifests[3].failed[0].reason
 
