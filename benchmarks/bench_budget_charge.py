@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import ledger_fixtures as fx
 
@@ -51,10 +49,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--backends", default="sqlite,postgres")
     args = ap.parse_args()
-    print(f"{fx.cpu_model()}, {os.cpu_count()} cores")
-    for backend in args.backends.split(","):
-        with tempfile.TemporaryDirectory() as d, fx.fresh_database(backend, Path(d)) as url:
-            first, later = measure(url, args.subjects, args.rounds)
+    for backend, url in fx.each_fresh_database(args.backends):
+        first, later = measure(url, args.subjects, args.rounds)
         print(f"{backend}: {args.subjects} subjects, first charge {first:.1f} ms, later charges {later:.1f} ms "
               f"(median of {args.rounds})")  # fmt: skip
 

@@ -14,11 +14,8 @@ the 500 parameters) stays in use as the table grows.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import ledger_fixtures as fx
 from sqlalchemy import select, text
@@ -80,10 +77,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--backends", default="sqlite,postgres")
     args = ap.parse_args()
-    print(f"{fx.cpu_model()}, {os.cpu_count()} cores")
-    for backend in args.backends.split(","):
-        with tempfile.TemporaryDirectory() as d, fx.fresh_database(backend, Path(d)) as url:
-            figures = measure(url, args.users, args.repeat)
+    for backend, url in fx.each_fresh_database(args.backends):
+        figures = measure(url, args.users, args.repeat)
         for name, ms in figures.items():
             print(f"{backend}: {args.users} users, {name}: {ms:.1f} ms (median of {args.repeat})")
 

@@ -103,6 +103,17 @@ def _pem(ident: Identity) -> bytes:
     )
 
 
+def each_fresh_database(backends: str):
+    """(backend, URL of an empty ledger database) for each of a comma-separated ``--backends`` list, after printing
+    the machine; each database is dropped before the next is made."""
+    import tempfile
+
+    print(f"{cpu_model()}, {os.cpu_count()} cores")
+    for backend in backends.split(","):
+        with tempfile.TemporaryDirectory() as d, fresh_database(backend, Path(d)) as url:
+            yield backend, url
+
+
 @contextmanager
 def fresh_database(backend: str, tmpdir: Path):
     """Yields a URL for an empty ledger database; drops it afterwards."""
