@@ -91,7 +91,7 @@ def demo(
     data: str = typer.Option("synthetic", help="Partners' data: 'synthetic' (three differing social-commerce "
                              "platforms) or 'cdnow' (the CDNOW purchase log split into three non-IID partners)."),
     users: int = typer.Option(1500, help="Users per synthetic platform (ignored for --data cdnow)."),
-    rounds: int = typer.Option(None, help="Federated rounds per job (default: 3, or 60 / 150 secure rounds on "
+    rounds: int = typer.Option(None, help="Federated rounds per job (default: 3, or 150 secure rounds on "
                                "synthetic / CDNOW data)."),
     aggregation: str = typer.Option("plain", help="'plain' (FedAvg of each partner's DP model) or 'secure' "
                                     "(distributed DP over a secure sum: one DP-SGD step a round)."),

@@ -130,10 +130,13 @@ class SecureSum:
             self.recovered[server_round] = dropped
             log.warning("round %d: masks of dropped partner(s) %s removed with %d revealed round key(s)",
                         server_round, dropped, len(keys))  # fmt: skip
-        gradient_sum = decode(total)
-        self._check_plausible(server_round, gradient_sum, len(survivors))
-        self._step(server_round, gradient_sum / (self.plan.sample_rate * self.union_rows))
+        self.apply(server_round, decode(total), len(survivors))
         return arrays_to_record(self.names, get_weights(self.net))
+
+    def apply(self, server_round: int, gradient_sum: np.ndarray, shares: int) -> None:
+        """Checks an unmasked sum of ``shares`` partners' noised gradient sums and takes the round's Adam step."""
+        self._check_plausible(server_round, gradient_sum, shares)
+        self._step(server_round, gradient_sum / (self.plan.sample_rate * self.union_rows))
 
     def _check_plausible(self, server_round: int, gradient_sum: np.ndarray, shares: int) -> None:
         c = self.job.max_grad_norm
