@@ -4,8 +4,8 @@ SQLite: chunks of ``IN_CHUNK`` bound values (its bound-parameter limit). Postgre
 the values sent as one array (``IN (SELECT unnest(:values))``), as the append path's reads do
 (``consent.store.sql``). Why: psycopg prepares a statement once a connection has run it 5 times, and the server's
 generic plan for an ``IN`` list of 500 parameters, made while the table was small, compares every row with every
-parameter; it stays in use as the table grows. A partner's 7,900 users looked up in 16 such lists took 3.2 s after
-registering them in batches, 218 ms after ``ANALYZE``; as one array 72 ms and 61 ms
+parameter; it stays in use as the table grows. A partner's 7,900 users looked up in 16 such lists took 2.3 s after
+registering them in batches, 167 ms after ``ANALYZE``; as one array 49 ms and 54 ms
 (``benchmarks/bench_subject_lookup.py``).
 """
 
