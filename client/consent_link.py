@@ -150,8 +150,9 @@ class PartnerClients:
         return next(iter(self._clients.values())).active_key(identity)
 
     def _own_partner(self) -> str:
-        names = sorted(p.stem for p in Path(self.keys_dir).glob("*.pub")
-                       if p.with_suffix(".key").exists() and p.read_text().split()[:1] == ["partner"])  # fmt: skip
+        from consent.keys import names_with_role
+
+        names = names_with_role(self.keys_dir, "partner")
         if not names:
             raise LookupError(f"no partner key in {self.keys_dir}: cannot ask the ledger for a key over gRPC")
         return names[0]

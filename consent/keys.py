@@ -88,3 +88,10 @@ class Identity:
             raise ValueError(f"{key_path} is not an Ed25519 private key")
         role = pub_path.read_text().split()[0] if pub_path.exists() else "partner"
         return cls(name=name, role=role, private_key=private)
+
+
+def names_with_role(directory: str | os.PathLike, role: str) -> list[str]:
+    """The identities in a keys dir that hold a private key and whose ``<name>.pub`` names ``role``, sorted."""
+    d = Path(directory)
+    return sorted(p.stem for p in d.glob("*.pub")
+                  if (d / f"{p.stem}.key").exists() and p.read_text().split()[:1] == [role])  # fmt: skip

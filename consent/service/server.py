@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from consent.keys import Identity
+from consent.keys import Identity, names_with_role
 from consent.ledger import Ledger
 from consent.service.appender import AppendQueue
 from consent.service.auth import AuthInterceptor, NonceCache, RequestAuthenticator
@@ -75,8 +75,7 @@ def load_operator(keys_dir: str | Path) -> Identity:
     if (keys_dir / "operator.key").exists():
         ident = Identity.load(keys_dir, "operator")
     else:
-        candidates = [p.stem for p in keys_dir.glob("*.pub") if p.read_text().split()[:1] == ["operator"]]
-        candidates = [c for c in candidates if (keys_dir / f"{c}.key").exists()]
+        candidates = names_with_role(keys_dir, "operator")
         if len(candidates) != 1:
             raise FileNotFoundError(f"no operator key in {keys_dir} (expected operator.key; run `cohort keys init`)")
         ident = Identity.load(keys_dir, candidates[0])
